@@ -1,0 +1,320 @@
+"""Typed schema of the YAML config: the single source of defaults.
+
+Every section is a pydantic model that forbids unknown keys. :func:`load_config` reads a YAML
+file, applies dotted ``--set`` overrides and returns a validated :class:`Config`; any problem is a
+:class:`~trustworthy_dl.errors.ConfigError` whose message names the field path, the bad value and
+the valid choices.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trustworthy_dl.errors import ConfigError, TdlError
+
+__all__ = [
+    "AggregationConfig",
+    "AttackConfig",
+    "Config",
+    "DataConfig",
+    "DistributedConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "PrivacyConfig",
+    "SecurityConfig",
+    "TrainingConfig",
+    "TrustConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "load_config",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field("cnn", description="Model registry name (see `tdl list models`).")
+    size: str | None = Field(None, description="Size preset, e.g. gpt2: tiny | small | medium | large.")
+    norm: Literal["group", "batch", "none"] = Field(
+        "group", description="Normalisation layers; GroupNorm keeps per-node gradients independent."
+    )
+
+    @model_validator(mode="after")
+    def _known(self) -> ModelConfig:
+        from trustworthy_dl.models import MODELS, model_sizes
+
+        if self.name not in MODELS:
+            raise ValueError(f"unknown model {self.name!r}; valid: {', '.join(MODELS.names())}")
+        sizes = model_sizes(self.name)
+        if self.size is not None and self.size not in sizes:
+            raise ValueError(f"model.size {self.size!r} is not a size of {self.name}; valid: {', '.join(sizes)}")
+        return self
+
+
+class DataConfig(_Section):
+    name: str = Field("digits", description="Dataset registry name (see `tdl list datasets`).")
+    root: str | None = Field(
+        None,
+        description="Directory holding the dataset files. None: $TDL_DATA_ROOT, ./data, ../shared/data, in that order.",
+    )
+    partition: Literal["iid", "dirichlet", "shards"] = Field("iid", description="How samples are split over nodes.")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (label skew grows as alpha shrinks).")
+    shards_per_node: int = Field(2, ge=1, description="Label-sorted shards per node for partition=shards.")
+    block_size: int = Field(64, ge=2, description="Tokens per sequence for text datasets.")
+    tokenizer: Literal["byte", "gpt2"] = Field("byte", description="Text tokenizer; gpt2 needs local BPE files.")
+    tokenizer_path: str | None = Field(None, description="Directory with GPT-2 vocab.json + merges.txt.")
+    max_train_samples: int | None = Field(None, ge=1, description="Keep only the first N training samples.")
+    max_test_samples: int | None = Field(None, ge=1, description="Keep only the first N test samples.")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from trustworthy_dl.data import DATASETS
+
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; valid: {', '.join(DATASETS.names())}")
+        return DATASETS.canonical(v)
+
+
+class TrainingConfig(_Section):
+    batch_size: int = Field(32, ge=1, description="Samples per node per round.")
+    learning_rate: float = Field(0.05, gt=0)
+    num_epochs: int = Field(1, ge=1, description="Passes over the training data.")
+    max_rounds: int | None = Field(None, ge=1, description="Stop after this many rounds (caps num_epochs).")
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (coordinator side).")
+    weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    grad_clip: float | None = Field(None, gt=0, description="Clip the aggregated update to this L2 norm.")
+    eval_every: int | None = Field(
+        None, ge=1, description="Evaluate on the test set every k rounds (None: once per epoch and at the end)."
+    )
+
+
+class DistributedConfig(_Section):
+    num_nodes: int = Field(8, ge=1, description="Worker nodes N.")
+    parallelism: Literal["data", "model", "hybrid"] = "data"
+    backend: Literal["simulated", "torch"] = Field(
+        "simulated", description="simulated: all nodes in one process; torch: one process group under torchrun."
+    )
+    num_stages: int | None = Field(None, ge=1, description="Pipeline stages S for model / hybrid parallelism.")
+    per_node_grads: Literal["loop", "vmap", "compile_vmap"] = Field(
+        "loop", description="How the simulated backend computes per-node gradients (loop is fastest on CPU)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
+
+
+class AttackConfig(_Section):
+    name: str = Field("none", description="Attack registry name; 'none' means no attack.")
+    num_byzantine: int = Field(0, ge=0, description="Byzantine node count f (ignored if byzantine_ids is set).")
+    byzantine_ids: list[int] | None = Field(None, description="Explicit Byzantine node ids.")
+    start_round: int = Field(0, ge=0)
+    end_round: int | None = Field(None, ge=0, description="Last attacking round (inclusive); None: to the end.")
+    every: int = Field(1, ge=1, description="Attack every k-th round from start_round (intermittent).")
+    collude: bool = Field(True, description="Byzantine nodes send one shared vector.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Attack hyperparameters.")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from trustworthy_dl.attacks import attack_names
+
+        names = attack_names()
+        if v.lower() not in names:
+            raise ValueError(f"unknown attack {v!r}; valid: {', '.join(names)}")
+        return v.lower()
+
+    @property
+    def enabled(self) -> bool:
+        return self.name != "none"
+
+
+class PreAggregatorConfig(BaseModel):
+    """One pre-aggregation stage: ``{name: bucketing, s: 2}`` (extra keys are its parameters)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class AggregationConfig(_Section):
+    name: str = Field("mean", description="Aggregator registry name.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Aggregator hyperparameters (f, tau, ...).")
+    pre: list[PreAggregatorConfig] = Field(default_factory=list, description="Pre-aggregators applied in order.")
+
+
+class SecurityConfig(_Section):
+    trust_threshold: float = Field(0.7, ge=0, le=1, description="Trust below which a node is quarantined.")
+    attack_detection: bool = Field(False, description="Stage 1: statistical detection every round.")
+    gradient_verification: bool = Field(False, description="Stage 2: re-compute suspects' work on trusted nodes.")
+
+
+class TrustConfig(_Section):
+    initial_trust: float = Field(0.9, ge=0, le=1)
+    decay_rate: float = Field(0.1, ge=0, le=1)
+    recovery_rate: float = Field(0.05, ge=0, le=1)
+    reinstate_margin: float = Field(0.05, ge=0, le=1)
+
+
+class PrivacyConfig(_Section):
+    enabled: bool = Field(False, description="Node-side DP / sparsification (not implemented yet).")
+
+
+class OutputConfig(_Section):
+    dir: str | None = Field(None, description="Run directory; None: runs/<model>-<dataset>-<timestamp>.")
+    overwrite: bool = Field(False, description="Allow writing into a directory that already holds a run.")
+    tensorboard: bool = False
+    plots: bool = True
+    progress: bool = True
+
+
+class Config(_Section):
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    trust: TrustConfig = Field(default_factory=TrustConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> Config:
+        n = self.distributed.num_nodes
+        a = self.attack
+        if a.byzantine_ids is not None:
+            bad = [i for i in a.byzantine_ids if not 0 <= i < n]
+            if bad:
+                raise ValueError(f"attack.byzantine_ids {bad} out of range for distributed.num_nodes={n}")
+            if len(set(a.byzantine_ids)) != len(a.byzantine_ids):
+                raise ValueError(f"attack.byzantine_ids {a.byzantine_ids} has duplicates")
+        if self.num_byzantine >= n:
+            raise ValueError(
+                f"attack.num_byzantine={self.num_byzantine} must be < distributed.num_nodes={n}"
+            )
+        if a.end_round is not None and a.end_round < a.start_round:
+            raise ValueError(f"attack.end_round={a.end_round} is before attack.start_round={a.start_round}")
+        return self
+
+    @property
+    def num_byzantine(self) -> int:
+        """Byzantine nodes this run simulates (0 when no attack)."""
+        if not self.attack.enabled:
+            return 0
+        ids = self.attack.byzantine_ids
+        return len(ids) if ids is not None else self.attack.num_byzantine
+
+    def resolved_output_dir(self) -> Path:
+        if self.output.dir:
+            return Path(self.output.dir)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        return Path("runs") / f"{self.model.name}-{self.data.name}-{stamp}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- loading & errors
+
+
+def _format_validation_error(err: ValidationError, data: dict[str, Any]) -> str:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        path = ".".join(loc) or "<root>"
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            valid = ", ".join(parent.model_fields) if parent else "?"
+            lines.append(f"{path}: unknown key; valid keys here: {valid}")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) or e["type"] == "missing" else f" (got {value!r})"
+        lines.append(f"{path}: {msg}{shown}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _model_at(path: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for key in path:
+        field = model.model_fields.get(key)
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def config_from_dict(data: dict[str, Any] | None) -> Config:
+    """Validate a plain dict (as read from YAML) into a :class:`Config`."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, data)) from None
+    except TdlError as err:  # raised by a registry inside a validator
+        raise ConfigError(str(err)) from None
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a config dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        path, raw = item.split("=", 1)
+        keys = [k for k in path.strip().split(".") if k]
+        if not keys:
+            raise ConfigError(f"override {item!r} has an empty key")
+        node = data
+        for k in keys[:-1]:
+            nxt = node.setdefault(k, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {k} is not a section")
+            node = nxt
+        node[keys[-1]] = _parse_value(raw)
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None), apply overrides, validate."""
+    data = read_yaml(path) if path is not None else {}
+    apply_overrides(data, overrides or [])
+    return config_from_dict(data)

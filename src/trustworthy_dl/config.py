@@ -54,7 +54,9 @@ class ModelConfig(_Section):
             raise ValueError(f"unknown model {self.name!r}; valid: {', '.join(MODELS.names())}")
         sizes = model_sizes(self.name)
         if self.size is not None and self.size not in sizes:
-            raise ValueError(f"model.size {self.size!r} is not a size of {self.name}; valid: {', '.join(sizes)}")
+            raise ValueError(
+                f"model.size {self.size!r} is not a size of {self.name}; valid: {', '.join(sizes)}"
+            )
         return self
 
 
@@ -64,11 +66,17 @@ class DataConfig(_Section):
         None,
         description="Directory holding the dataset files. None: $TDL_DATA_ROOT, ./data, ../shared/data, in that order.",
     )
-    partition: Literal["iid", "dirichlet", "shards"] = Field("iid", description="How samples are split over nodes.")
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (label skew grows as alpha shrinks).")
+    partition: Literal["iid", "dirichlet", "shards"] = Field(
+        "iid", description="How samples are split over nodes."
+    )
+    alpha: float = Field(
+        0.5, gt=0, description="Dirichlet concentration (label skew grows as alpha shrinks)."
+    )
     shards_per_node: int = Field(2, ge=1, description="Label-sorted shards per node for partition=shards.")
     block_size: int = Field(64, ge=2, description="Tokens per sequence for text datasets.")
-    tokenizer: Literal["byte", "gpt2"] = Field("byte", description="Text tokenizer; gpt2 needs local BPE files.")
+    tokenizer: Literal["byte", "gpt2"] = Field(
+        "byte", description="Text tokenizer; gpt2 needs local BPE files."
+    )
     tokenizer_path: str | None = Field(None, description="Directory with GPT-2 vocab.json + merges.txt.")
     max_train_samples: int | None = Field(None, ge=1, description="Keep only the first N training samples.")
     max_test_samples: int | None = Field(None, ge=1, description="Keep only the first N test samples.")
@@ -86,7 +94,7 @@ class DataConfig(_Section):
 class TrainingConfig(_Section):
     batch_size: int = Field(32, ge=1, description="Samples per node per round.")
     learning_rate: float = Field(0.05, gt=0)
-    num_epochs: int = Field(1, ge=1, description="Passes over the training data.")
+    num_epochs: int = Field(10, ge=1, description="Passes over the training data.")
     max_rounds: int | None = Field(None, ge=1, description="Stop after this many rounds (caps num_epochs).")
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (coordinator side).")
@@ -94,7 +102,9 @@ class TrainingConfig(_Section):
     lr_schedule: Literal["constant", "cosine"] = "constant"
     grad_clip: float | None = Field(None, gt=0, description="Clip the aggregated update to this L2 norm.")
     eval_every: int | None = Field(
-        None, ge=1, description="Evaluate on the test set every k rounds (None: once per epoch and at the end)."
+        None,
+        ge=1,
+        description="Evaluate on the test set every k rounds (None: once per epoch and at the end).",
     )
 
 
@@ -102,9 +112,12 @@ class DistributedConfig(_Section):
     num_nodes: int = Field(8, ge=1, description="Worker nodes N.")
     parallelism: Literal["data", "model", "hybrid"] = "data"
     backend: Literal["simulated", "torch"] = Field(
-        "simulated", description="simulated: all nodes in one process; torch: one process group under torchrun."
+        "simulated",
+        description="simulated: all nodes in one process; torch: one process group under torchrun.",
     )
-    num_stages: int | None = Field(None, ge=1, description="Pipeline stages S for model / hybrid parallelism.")
+    num_stages: int | None = Field(
+        None, ge=1, description="Pipeline stages S for model / hybrid parallelism."
+    )
     per_node_grads: Literal["loop", "vmap", "compile_vmap"] = Field(
         "loop", description="How the simulated backend computes per-node gradients (loop is fastest on CPU)."
     )
@@ -114,23 +127,36 @@ class DistributedConfig(_Section):
 
 class AttackConfig(_Section):
     name: str = Field("none", description="Attack registry name; 'none' means no attack.")
-    num_byzantine: int = Field(0, ge=0, description="Byzantine node count f (ignored if byzantine_ids is set).")
+    num_byzantine: int = Field(
+        0, ge=0, description="Byzantine node count f (ignored if byzantine_ids is set)."
+    )
     byzantine_ids: list[int] | None = Field(None, description="Explicit Byzantine node ids.")
     start_round: int = Field(0, ge=0)
-    end_round: int | None = Field(None, ge=0, description="Last attacking round (inclusive); None: to the end.")
+    end_round: int | None = Field(
+        None, ge=0, description="Last attacking round (inclusive); None: to the end."
+    )
     every: int = Field(1, ge=1, description="Attack every k-th round from start_round (intermittent).")
     collude: bool = Field(True, description="Byzantine nodes send one shared vector.")
     params: dict[str, Any] = Field(default_factory=dict, description="Attack hyperparameters.")
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        from trustworthy_dl.attacks import attack_names
+    @model_validator(mode="after")
+    def _known(self) -> AttackConfig:
+        from trustworthy_dl.attacks import DATA_ATTACKS, UPDATE_ATTACKS, attack_names
+        from trustworthy_dl.attacks.base import build_attack
 
-        names = attack_names()
-        if v.lower() not in names:
-            raise ValueError(f"unknown attack {v!r}; valid: {', '.join(names)}")
-        return v.lower()
+        name = self.name.lower()
+        if name == "none":
+            return self
+        registry = (
+            UPDATE_ATTACKS if name in UPDATE_ATTACKS else DATA_ATTACKS if name in DATA_ATTACKS else None
+        )
+        if registry is None:
+            raise ValueError(f"attack.name: unknown attack {self.name!r}; valid: {', '.join(attack_names())}")
+        build_attack(registry, name, dict(self.params))  # bad params fail here, at load time
+        canonical = registry.canonical(name)
+        if canonical != self.name:
+            object.__setattr__(self, "name", canonical)
+        return self
 
     @property
     def enabled(self) -> bool:
@@ -150,14 +176,38 @@ class PreAggregatorConfig(BaseModel):
 
 class AggregationConfig(_Section):
     name: str = Field("mean", description="Aggregator registry name.")
-    params: dict[str, Any] = Field(default_factory=dict, description="Aggregator hyperparameters (f, tau, ...).")
-    pre: list[PreAggregatorConfig] = Field(default_factory=list, description="Pre-aggregators applied in order.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Aggregator hyperparameters (f, tau, ...)."
+    )
+    pre: list[PreAggregatorConfig] = Field(
+        default_factory=list, description="Pre-aggregators applied in order."
+    )
 
 
 class SecurityConfig(_Section):
     trust_threshold: float = Field(0.7, ge=0, le=1, description="Trust below which a node is quarantined.")
     attack_detection: bool = Field(False, description="Stage 1: statistical detection every round.")
-    gradient_verification: bool = Field(False, description="Stage 2: re-compute suspects' work on trusted nodes.")
+    gradient_verification: bool = Field(
+        False, description="Stage 2: re-compute suspects' work on trusted nodes."
+    )
+    detection_methods: list[str] = Field(
+        default_factory=lambda: ["mandera", "distance"], description="Stage-1 methods (mandera, distance)."
+    )
+    detection_combine: Literal["any", "all", "vote"] = Field(
+        "any", description="How stage-1 methods' flags combine."
+    )
+    detection_coords: int | None = Field(
+        100_000, ge=1, description="Coordinates sampled per round for stage 1 (None: all)."
+    )
+    detection_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-method parameters, e.g. {distance: {threshold: 5.0}}."
+    )
+    spot_check_fraction: float = Field(
+        0.1, ge=0, le=1, description="Fraction of unflagged active nodes re-computed each round (stage 2)."
+    )
+    verification_rtol: float = Field(
+        1e-3, ge=0, description="Relative L2 tolerance of a re-computation match."
+    )
 
 
 class TrustConfig(_Section):
@@ -203,9 +253,7 @@ class Config(_Section):
             if len(set(a.byzantine_ids)) != len(a.byzantine_ids):
                 raise ValueError(f"attack.byzantine_ids {a.byzantine_ids} has duplicates")
         if self.num_byzantine >= n:
-            raise ValueError(
-                f"attack.num_byzantine={self.num_byzantine} must be < distributed.num_nodes={n}"
-            )
+            raise ValueError(f"attack.num_byzantine={self.num_byzantine} must be < distributed.num_nodes={n}")
         if a.end_round is not None and a.end_round < a.start_round:
             raise ValueError(f"attack.end_round={a.end_round} is before attack.start_round={a.start_round}")
         return self
@@ -309,7 +357,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {str(p)!r} must hold a mapping of sections, got {type(data).__name__}"
+        )
     return data
 
 

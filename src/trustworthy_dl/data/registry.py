@@ -57,7 +57,13 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
     """Load the dataset named by ``cfg.name`` (raises DataError if its files are missing)."""
     bundle = DATASETS.get(cfg.name)(cfg)
     if cfg.max_train_samples is not None:
-        bundle.x_train, bundle.y_train = bundle.x_train[: cfg.max_train_samples], bundle.y_train[: cfg.max_train_samples]
+        bundle.x_train, bundle.y_train = (
+            bundle.x_train[: cfg.max_train_samples],
+            bundle.y_train[: cfg.max_train_samples],
+        )
     if cfg.max_test_samples is not None:
-        bundle.x_test, bundle.y_test = bundle.x_test[: cfg.max_test_samples], bundle.y_test[: cfg.max_test_samples]
+        bundle.x_test, bundle.y_test = (
+            bundle.x_test[: cfg.max_test_samples],
+            bundle.y_test[: cfg.max_test_samples],
+        )
     return bundle

@@ -29,7 +29,10 @@ MODELS: Registry[ModelSpec] = Registry("model")
 
 
 def register_model(
-    name: str, *, sizes: tuple[str, ...] = ("default",), kind: Literal["image", "text"] = "image",
+    name: str,
+    *,
+    sizes: tuple[str, ...] = ("default",),
+    kind: Literal["image", "text"] = "image",
     default_size: str | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register ``builder(*, size, num_classes, in_channels, image_size, norm, vocab_size, block_size)``."""
@@ -76,6 +79,11 @@ def get_model(
 
         raise ConfigError(f"norm {norm!r} is not one of: group, batch, none")
     return spec.builder(
-        size=size, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-        norm=norm, vocab_size=vocab_size, block_size=block_size,
+        size=size,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        norm=norm,
+        vocab_size=vocab_size,
+        block_size=block_size,
     )

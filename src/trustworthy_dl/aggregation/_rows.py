@@ -1,0 +1,200 @@
+"""The input of every rule: N node updates, possibly mixed by pre-aggregators, never copied.
+
+A :class:`Rows` is ``M`` virtual rows ``Y = C_MN @ X_ND`` over the round's ``N`` original updates
+(``C`` is None for the identity). Pre-aggregators (NNM, bucketing, clipping) are linear maps of
+the rows once their data-dependent choices are made, so they only update ``C``: the (M, D) output
+is never materialised. Rules read what they need:
+
+* distance-based rules: :meth:`Rows.geometry` (one blocked Gram pass, cached and shared by every
+  stage of a pipeline);
+* coordinate-wise rules: the rows block by block (``_sortnet``), mixing each block on the fly;
+* everyone: :meth:`Rows.combine` (the output as a combination of the original rows, one gemv) and
+  :meth:`Rows.result` (the :class:`AggResult`, with weights and selection per original node).
+
+Legend: N original nodes, M current rows, D flat parameters, K extra vectors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from trustworthy_dl.aggregation._checks import check_updates, check_weights
+from trustworthy_dl.aggregation._gram import FAR_NORM, Geometry, centred_gram, row_norms
+from trustworthy_dl.aggregation.base import AggResult
+
+__all__ = ["Rows", "as_rows"]
+
+
+class _Cache:
+    """Per-round statistics of X shared by every stage of a pipeline."""
+
+    def __init__(self) -> None:
+        self.norms_N: Tensor | None = None
+        self.geometry: Geometry | None = None
+
+
+class Rows:
+    """M virtual rows ``coef_MN @ X_ND`` with per-row weights (summing to 1)."""
+
+    def __init__(
+        self,
+        X_ND: Tensor,
+        weights_N: Any = None,
+        *,
+        rule: str = "aggregator",
+        _coef: Tensor | None = None,
+        _cache: _Cache | None = None,
+        _stages: tuple[str, ...] = (),
+    ) -> None:
+        self.X = check_updates(X_ND, rule) if _cache is None else X_ND
+        self.N = int(self.X.shape[0])
+        self.D = int(self.X.shape[1])
+        self.coef = _coef
+        n = self.N if _coef is None else int(_coef.shape[0])
+        self.weights = weights_N if _cache is not None else check_weights(weights_N, n, rule, self.X.device)
+        self.stages = _stages
+        self._cache = _cache if _cache is not None else _Cache()
+
+    # ------------------------------------------------------------------ shape and mixing
+
+    @property
+    def n(self) -> int:
+        """Number of current rows M."""
+        return self.N if self.coef is None else int(self.coef.shape[0])
+
+    @property
+    def stage(self) -> str:
+        """The pre-aggregation stages applied so far, for error messages ('' if none)."""
+        return " + ".join(self.stages)
+
+    def coefficients(self) -> Tensor:
+        """(M, N) float64 mixing matrix (the identity if no pre-aggregator ran)."""
+        if self.coef is None:
+            return torch.eye(self.N, dtype=torch.float64, device=self.X.device)
+        return self.coef
+
+    def mix(self, C_KM: Tensor, weights_K: Tensor, stage: str) -> Rows:
+        """New rows ``C_KM @ self``; ``weights_K`` must sum to 1. Shares the cached statistics."""
+        C = C_KM.to(device=self.X.device, dtype=torch.float64)
+        coef = C if self.coef is None else C @ self.coef
+        return Rows(self.X, weights_K, _coef=coef, _cache=self._cache, _stages=(*self.stages, stage))
+
+    # ------------------------------------------------------------------ statistics
+
+    def _norms_N(self) -> Tensor:
+        c = self._cache
+        if c.norms_N is None:
+            if c.geometry is not None:
+                c.norms_N = c.geometry.sq_norms().sqrt()
+            else:
+                c.norms_N = row_norms(self.X)
+        return c.norms_N
+
+    def _far_N(self) -> Tensor:
+        if self._cache.geometry is not None:
+            return self._cache.geometry.far
+        nrm = self._norms_N()
+        return ~(nrm <= FAR_NORM)
+
+    def far(self) -> Tensor:
+        """(M,) bool: rows touching an update with a non-finite value or norm above FAR_NORM."""
+        far_N = self._far_N()
+        if self.coef is None:
+            return far_N
+        if not bool(far_N.any()):
+            return torch.zeros(self.n, dtype=torch.bool, device=self.X.device)
+        return (self.coef[:, far_N] != 0).any(1)
+
+    def geometry(self, extras_KD: Tensor | None = None) -> Geometry:
+        """Geometry of the M current rows, followed by ``extras_KD`` if given (one Gram pass)."""
+        c = self._cache
+        if extras_KD is not None:
+            base = centred_gram(self.X, extras_KD)
+            if c.geometry is None:  # the rows' part is what a later stage would compute anyway
+                N = self.N
+                c.geometry = Geometry(base.T[:N, :N], base.a[:N], base.s[:N], base.far[:N])
+            if self.coef is None:
+                return base
+            K = int(extras_KD.shape[0])
+            C = torch.zeros(self.n + K, self.N + K, dtype=torch.float64, device=self.X.device)
+            C[: self.n, : self.N] = self.coef
+            C[self.n :, self.N :] = torch.eye(K, dtype=torch.float64, device=self.X.device)
+            return base.mixed(C)
+        if c.geometry is None:
+            c.geometry = centred_gram(self.X)
+        return c.geometry if self.coef is None else c.geometry.mixed(self.coef)
+
+    def sq_norms(self) -> Tensor:
+        """(M,) float64 squared norms of the current rows (+inf for far rows)."""
+        if self.coef is None and self._cache.geometry is None:
+            nrm = self._norms_N()
+            return (nrm * nrm).masked_fill(~(nrm <= FAR_NORM), float("inf"))
+        return self.geometry().sq_norms()
+
+    # ------------------------------------------------------------------ output
+
+    def materialize(self) -> Tensor:
+        """The (M, D) rows as a new tensor (one GEMM; rules never need this)."""
+        if self.coef is None:
+            return self.X.clone()
+        C = self.coef.to(self.X.dtype)
+        far = self._far_N()
+        if bool(far.any()):  # 0 * NaN would leak into every row: mix only the rows in use
+            used = (C != 0).any(0)
+            return C[:, used] @ self.X[used]
+        return C @ self.X
+
+    def node_coefficients(self, e_M: Tensor) -> Tensor:
+        """(N,) float64: the coefficient of each original update in ``e_M @ rows``."""
+        e = e_M.to(device=self.X.device, dtype=torch.float64)
+        return e if self.coef is None else e @ self.coef
+
+    def combine(self, e_M: Tensor, extras: tuple[Tensor, float] | None = None) -> Tensor:
+        """The (D,) vector ``e_M @ rows`` (+ ``coef * vector`` for ``extras=(vector, coef)``).
+
+        Rows with a zero coefficient are never read, so they may hold NaN or Inf.
+        """
+        a = self.node_coefficients(e_M)
+        X = self.X
+        nz = torch.nonzero(a).flatten().tolist()
+        dense = len(nz) > max(2, self.N // 2)
+        if dense and (len(nz) == self.N or not bool(self._far_N().any())):
+            out = torch.mv(X.t(), a.to(X.dtype))
+        elif nz:
+            vals = a[nz].tolist()
+            out = torch.mul(X[nz[0]], vals[0])
+            for j, v in zip(nz[1:], vals[1:]):
+                out.add_(X[j], alpha=v)
+        else:
+            out = torch.zeros(self.D, dtype=X.dtype, device=X.device)
+        if extras is not None and extras[1] != 0:
+            out.add_(extras[0].to(out.dtype), alpha=float(extras[1]))
+        return out
+
+    def result(self, value_D: Tensor, e_M: Tensor, selected_M: Tensor, info: dict[str, Any]) -> AggResult:
+        """The AggResult with weights and selection mapped back to the original nodes.
+
+        ``e_M`` are the rows' coefficients (or shares) in the aggregate; a node is selected when a
+        selected row gives it a non-zero coefficient.
+        """
+        weights_N = self.node_coefficients(e_M)
+        sel = selected_M.to(device=self.X.device, dtype=torch.bool)
+        if self.coef is None:
+            selected_N = sel.clone()
+        else:
+            selected_N = (self.coef[sel] != 0).any(0) if bool(sel.any()) else torch.zeros_like(sel[:0])
+            if selected_N.numel() == 0:
+                selected_N = torch.zeros(self.N, dtype=torch.bool, device=self.X.device)
+        return AggResult(value_D=value_D, weights_N=weights_N, selected_N=selected_N, info=info)
+
+
+def as_rows(updates: Tensor | Rows, weights_N: Any = None, rule: str = "aggregator") -> Rows:
+    """Wrap a (N, D) tensor (and optional weights) as :class:`Rows`; pass Rows through."""
+    if isinstance(updates, Rows):
+        if weights_N is not None:
+            raise ValueError(f"{rule}: pass weights inside Rows, not alongside")
+        return updates
+    return Rows(updates, weights_N, rule=rule)

@@ -1,0 +1,212 @@
+"""AdversarialAttacker: who is Byzantine, when they attack, and what they send (simulation only).
+
+Legend: N nodes, B Byzantine nodes, H honest nodes, D flat parameters.
+
+Built from the ``attack:`` config section. It is stateless: the Byzantine ids come from the run
+seed and every random draw from a generator seeded by (seed, round, node), so a run, or a resumed
+run, is deterministic on both backends.
+
+How the Byzantine rows are made in an active round (``corrupt``):
+
+* omniscient attacks (ALIE, IPM, min-max, ...) see the honest nodes' rows and return one vector
+  that every Byzantine node sends (collusive by nature; ``collude`` does not change them);
+* per-node attacks (gaussian, sign-flip, ...) with ``collude: true`` compute one vector from the
+  mean of the Byzantine nodes' own honest rows with one shared draw, sent by all;
+  with ``collude: false`` each node attacks from its own honest row with its own draw;
+* data attacks poison the Byzantine nodes' batches (``corrupt_batch``); ``corrupt`` then only
+  applies their model-replacement ``boost`` to the Byzantine rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from trustworthy_dl.attacks.backdoor import model_replacement
+from trustworthy_dl.attacks.base import DataAttack, UpdateAttack, build_attack
+from trustworthy_dl.attacks.context import AttackContext
+from trustworthy_dl.attacks.registry import DATA_ATTACKS, UPDATE_ATTACKS
+from trustworthy_dl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trustworthy_dl.config import AttackConfig
+
+__all__ = ["AdversarialAttacker", "derive_seed"]
+
+_COALITION = -1  # the "node" whose generator the colluding Byzantine nodes share
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed from ``parts`` (e.g. seed, round, node); stable across runs and platforms."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class AdversarialAttacker:
+    """Decides who attacks and when, and applies the configured attack.
+
+    Args:
+        cfg: the ``attack`` config section (``AttackConfig``).
+        num_nodes: N.
+        seed: the run seed; Byzantine ids (when not given) and every draw derive from it.
+    """
+
+    def __init__(self, cfg: AttackConfig, *, num_nodes: int, seed: int) -> None:
+        if num_nodes < 1:
+            raise ConfigError(f"num_nodes must be >= 1, got {num_nodes}")
+        self.cfg = cfg
+        self.num_nodes = num_nodes
+        self.seed = seed
+        self.name: str = cfg.name.lower()
+        self.attack: UpdateAttack | DataAttack | None = None
+        if self.name != "none":
+            registry = DATA_ATTACKS if self.name in DATA_ATTACKS else UPDATE_ATTACKS
+            self.attack = build_attack(registry, self.name, dict(cfg.params))
+        self.byzantine_ids: list[int] = self._choose_ids() if self.attack is not None else []
+        self._byz = frozenset(self.byzantine_ids)
+
+    def _choose_ids(self) -> list[int]:
+        n = self.num_nodes
+        if self.cfg.byzantine_ids is not None:
+            ids = sorted(self.cfg.byzantine_ids)
+            bad = [i for i in ids if not 0 <= i < n]
+            if bad or len(set(ids)) != len(ids):
+                raise ConfigError(
+                    f"attack.byzantine_ids {self.cfg.byzantine_ids} must be distinct ids in [0, {n})"
+                )
+        else:
+            k = self.cfg.num_byzantine
+            if not 0 <= k < n:
+                raise ConfigError(f"attack.num_byzantine={k} must be in [0, num_nodes={n})")
+            g = torch.Generator().manual_seed(derive_seed(self.seed, "byzantine_ids"))
+            ids = sorted(torch.randperm(n, generator=g)[:k].tolist())
+        if len(ids) >= n:
+            raise ConfigError(f"{len(ids)} Byzantine nodes leave no honest node among num_nodes={n}")
+        return ids
+
+    # ------------------------------------------------------------------ who and when
+
+    @property
+    def num_byzantine(self) -> int:
+        return len(self.byzantine_ids)
+
+    @property
+    def is_data_attack(self) -> bool:
+        return isinstance(self.attack, DataAttack)
+
+    def is_byzantine(self, node: int) -> bool:
+        return node in self._byz
+
+    def active(self, round: int) -> bool:
+        """Whether the Byzantine nodes attack in ``round`` (start / end inclusive / every k)."""
+        c = self.cfg
+        if self.attack is None or not self.byzantine_ids or round < c.start_round:
+            return False
+        if c.end_round is not None and round > c.end_round:
+            return False
+        return (round - c.start_round) % c.every == 0
+
+    def generator(self, round: int, node: int, device: torch.device | str = "cpu") -> torch.Generator:
+        """The generator of ``node`` in ``round`` (node -1: the colluding coalition's)."""
+        return torch.Generator(device=device).manual_seed(derive_seed(self.seed, "attack", round, node))
+
+    # ------------------------------------------------------------------ acting
+
+    def corrupt(
+        self, updates_ND: Tensor, *, round: int, aggregator: Callable[..., Any] | None = None
+    ) -> Tensor:
+        """The round's updates with the Byzantine rows replaced (a new tensor; the input is not modified).
+
+        Returns ``updates_ND`` itself when nothing changes (no attack, inactive round, data attack
+        without boost). ``aggregator`` is the one in use; optimal attacks need it.
+        """
+        if not self.active(round):
+            return updates_ND
+        if updates_ND.dim() != 2 or updates_ND.shape[0] != self.num_nodes:
+            raise ValueError(f"updates must be ({self.num_nodes}, D), got {tuple(updates_ND.shape)}")
+        ids = torch.tensor(self.byzantine_ids, dtype=torch.long, device=updates_ND.device)
+        attack = self.attack
+        if isinstance(attack, DataAttack):
+            if attack.boost == 1.0:
+                return updates_ND
+            out = updates_ND.clone()
+            out[ids] = model_replacement(updates_ND.index_select(0, ids), boost=attack.boost)
+            return out
+        assert attack is not None
+        b, device = self.num_byzantine, updates_ND.device
+        ctx = AttackContext(
+            honest_ND=updates_ND,
+            aggregator=aggregator,
+            round=round,
+            num_nodes=self.num_nodes,
+            byzantine_ids=tuple(self.byzantine_ids),
+        )
+        if attack.knowledge == "omniscient":
+            honest_HD = ctx.honest_HD
+            assert honest_HD is not None
+            g = self.generator(round, _COALITION, device)
+            byz_BD = attack(honest_HD, num_byzantine=b, generator=g, context=ctx)
+        else:
+            own_BD = updates_ND.index_select(0, ids)
+            if self.cfg.collude:
+                g = self.generator(round, _COALITION, device)
+                shared = attack(own_BD.mean(0, keepdim=True), num_byzantine=1, generator=g, context=ctx)
+                byz_BD = shared.expand(b, -1)
+            else:
+                rows = [
+                    attack(
+                        own_BD[i : i + 1],
+                        num_byzantine=1,
+                        generator=self.generator(round, node, device),
+                        context=ctx,
+                    )
+                    for i, node in enumerate(self.byzantine_ids)
+                ]
+                byz_BD = torch.cat(rows)
+        if byz_BD.shape != (b, updates_ND.shape[1]):
+            raise RuntimeError(
+                f"attack {self.name!r} returned shape {tuple(byz_BD.shape)}, expected {(b, updates_ND.shape[1])}"
+            )
+        out = updates_ND.clone()
+        out[ids] = byz_BD.to(out.dtype)
+        return out
+
+    def corrupt_batch(
+        self, node: int, x: Tensor, y: Tensor, *, round: int, num_classes: int
+    ) -> tuple[Tensor, Tensor]:
+        """Node ``node``'s batch, poisoned if it is Byzantine, the attack is a data attack and active."""
+        if not isinstance(self.attack, DataAttack) or node not in self._byz or not self.active(round):
+            return x, y
+        g = self.generator(round, node, x.device)
+        return self.attack.apply(x, y, generator=g, num_classes=num_classes)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary for logs: name, params, Byzantine ids and schedule."""
+        c = self.cfg
+        return {
+            "name": self.name,
+            "params": dict(c.params),
+            "byzantine_ids": list(self.byzantine_ids),
+            "start_round": c.start_round,
+            "end_round": c.end_round,
+            "every": c.every,
+            "collude": c.collude,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The attacker has no evolving state; the ids are saved so a resume can check them."""
+        return {"byzantine_ids": list(self.byzantine_ids)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ids = list(state.get("byzantine_ids", self.byzantine_ids))
+        if ids != self.byzantine_ids:
+            raise ConfigError(
+                f"checkpoint's Byzantine ids {ids} differ from this config's {self.byzantine_ids}; "
+                "resume with the same seed and attack section"
+            )

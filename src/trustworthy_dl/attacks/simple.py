@@ -1,0 +1,189 @@
+"""Simple update attacks: gaussian, zero-gradient, sign-flip, scaling, non-finite, mimic.
+
+Legend: H honest rows the attack sees, B Byzantine rows it returns, D flat parameters.
+
+References:
+    Gaussian, zero-gradient and sign-flipping attacks as benchmarked in W. Zhu et al.,
+    "MANDERA: Malicious Node Detection in Federated Learning via Ranking", 2022 (arXiv:2110.11736);
+    Sign flipping: also L. Li et al., "RSA: Byzantine-Robust Stochastic Aggregation Methods for
+    Distributed Learning from Heterogeneous Datasets", AAAI 2019.
+    Scaling ("boosting"): Bhagoji et al., "Analyzing Federated Learning through an Adversarial
+    Lens", ICML 2019.
+    Non-finite values: what an overflowing or buggy worker sends (NaN / Inf); no paper, a
+    robustness case every aggregator must survive.
+    Mimic: Karimireddy, He, Jaggi, "Byzantine-Robust Learning on Heterogeneous Datasets via
+    Bucketing", ICLR 2022.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from trustworthy_dl.attacks.base import (
+    UpdateAttack,
+    check_choice,
+    check_float,
+    check_int,
+    repeat_rows,
+    require_generator,
+    rowwise,
+)
+from trustworthy_dl.attacks.context import AttackContext
+from trustworthy_dl.attacks.registry import UPDATE_ATTACKS
+
+__all__ = ["Gaussian", "Mimic", "NonFinite", "Scaling", "SignFlip", "ZeroGradient"]
+
+
+@UPDATE_ATTACKS.register("gaussian")
+@dataclass
+class Gaussian(UpdateAttack):
+    """Each Byzantine row is i.i.d. noise ``N(mean, std^2)`` per coordinate (the honest update is ignored)."""
+
+    mean: float = 0.0
+    std: float = 200.0
+
+    def __post_init__(self) -> None:
+        self.mean = check_float("mean", self.mean)
+        self.std = check_float("std", self.std, low=0.0)
+
+    def __call__(
+        self,
+        honest_HD: Tensor,
+        *,
+        num_byzantine: int,
+        generator: torch.Generator | None = None,
+        context: AttackContext | None = None,
+    ) -> Tensor:
+        g = require_generator("gaussian", generator)
+        shape = rowwise(honest_HD, num_byzantine).shape
+        noise = torch.randn(shape, generator=g, device=honest_HD.device, dtype=torch.float32)
+        return (noise * self.std + self.mean).to(honest_HD.dtype)
+
+
+@UPDATE_ATTACKS.register("zero_gradient", "zero")
+@dataclass
+class ZeroGradient(UpdateAttack):
+    """Byzantine rows are all zeros: the node pretends it learnt nothing (slows training)."""
+
+    def __call__(
+        self,
+        honest_HD: Tensor,
+        *,
+        num_byzantine: int,
+        generator: torch.Generator | None = None,
+        context: AttackContext | None = None,
+    ) -> Tensor:
+        return torch.zeros_like(rowwise(honest_HD, num_byzantine))
+
+
+@UPDATE_ATTACKS.register("sign_flip")
+@dataclass
+class SignFlip(UpdateAttack):
+    """Byzantine row = ``-scale * own honest update``."""
+
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.scale = check_float("scale", self.scale, low=0.0, low_open=True)
+
+    def __call__(
+        self,
+        honest_HD: Tensor,
+        *,
+        num_byzantine: int,
+        generator: torch.Generator | None = None,
+        context: AttackContext | None = None,
+    ) -> Tensor:
+        return rowwise(honest_HD, num_byzantine) * (-self.scale)
+
+
+@UPDATE_ATTACKS.register("scaling", "boosting")
+@dataclass
+class Scaling(UpdateAttack):
+    """Byzantine row = ``scale * own honest update`` (boosting: dominate a plain mean)."""
+
+    scale: float = 10.0
+
+    def __post_init__(self) -> None:
+        self.scale = check_float("scale", self.scale)
+
+    def __call__(
+        self,
+        honest_HD: Tensor,
+        *,
+        num_byzantine: int,
+        generator: torch.Generator | None = None,
+        context: AttackContext | None = None,
+    ) -> Tensor:
+        return rowwise(honest_HD, num_byzantine) * self.scale
+
+
+_NON_FINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+
+
+@UPDATE_ATTACKS.register("non_finite")
+@dataclass
+class NonFinite(UpdateAttack):
+    """Own honest update with coordinates set to NaN / +Inf / -Inf.
+
+    ``fraction=1`` poisons every coordinate; below 1 each coordinate is poisoned independently
+    with probability ``fraction`` (drawn from the generator; at least one coordinate is poisoned).
+    """
+
+    value: Literal["nan", "inf", "-inf"] = "nan"
+    fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.value = check_choice("value", self.value, tuple(_NON_FINITE))  # type: ignore[assignment]
+        self.fraction = check_float("fraction", self.fraction, low=0.0, high=1.0, low_open=True)
+
+    def __call__(
+        self,
+        honest_HD: Tensor,
+        *,
+        num_byzantine: int,
+        generator: torch.Generator | None = None,
+        context: AttackContext | None = None,
+    ) -> Tensor:
+        own_BD = rowwise(honest_HD, num_byzantine)
+        if not own_BD.dtype.is_floating_point:
+            raise ValueError(f"non_finite needs floating-point updates, got {own_BD.dtype}")
+        out = own_BD.clone()
+        fill = _NON_FINITE[self.value]
+        if self.fraction >= 1.0:
+            return out.fill_(fill)
+        g = require_generator("non_finite", generator)
+        mask = torch.rand(out.shape, generator=g, device=out.device) < self.fraction
+        mask[:, 0] |= ~mask.any(1)  # never a silent no-op
+        return out.masked_fill_(mask, fill)
+
+
+@UPDATE_ATTACKS.register("mimic")
+@dataclass
+class Mimic(UpdateAttack):
+    """Every Byzantine row copies one honest node's update, over-weighting it (hurts on non-IID data).
+
+    ``target`` indexes the honest rows the attack sees (0: the honest node with the lowest id).
+    """
+
+    knowledge: ClassVar[Literal["own", "omniscient"]] = "omniscient"
+    target: int = 0
+
+    def __post_init__(self) -> None:
+        self.target = check_int("target", self.target, low=0)
+
+    def __call__(
+        self,
+        honest_HD: Tensor,
+        *,
+        num_byzantine: int,
+        generator: torch.Generator | None = None,
+        context: AttackContext | None = None,
+    ) -> Tensor:
+        if self.target >= honest_HD.shape[0]:
+            raise ValueError(f"mimic target={self.target} but only {honest_HD.shape[0]} honest rows")
+        return repeat_rows(honest_HD[self.target], num_byzantine, honest_HD)

@@ -1,0 +1,166 @@
+"""``tdl``: the command line. Thin: it parses arguments and calls the library.
+
+    tdl run [CONFIG] [--set section.key=value ...] [--out DIR] [--quiet]
+    tdl launch -n K [CONFIG] [...]      # the same run, one process per rank under torchrun
+    tdl validate CONFIG [--set ...]     # parse and validate only
+    tdl report RUN_DIR                  # print a finished run's headline figures
+    tdl list models|datasets|aggregators|attacks
+
+User errors (bad config, missing data) print one message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from trustworthy_dl.errors import TdlError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tdl", description="Byzantine-robust distributed training and evaluation."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def config_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("config", nargs="?", help="YAML config (default: the built-in quickstart)")
+        sp.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a field, e.g. --set training.learning_rate=0.1 (repeatable)",
+        )
+
+    run = sub.add_parser("run", help="train and evaluate as the config says")
+    config_args(run)
+    run.add_argument("--out", help="output directory (overrides output.dir)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or final table")
+
+    launch = sub.add_parser("launch", help="run with one process per rank under torchrun (gloo on CPU)")
+    launch.add_argument("-n", "--nproc", type=int, default=2, help="processes on this machine")
+    config_args(launch)
+    launch.add_argument("--out", help="output directory")
+
+    val = sub.add_parser("validate", help="validate a config and print it resolved")
+    config_args(val)
+
+    rep = sub.add_parser("report", help="print the headline figures of a finished run")
+    rep.add_argument("run_dir")
+
+    lst = sub.add_parser("list", help="list registered components")
+    lst.add_argument("what", choices=["models", "datasets", "aggregators", "attacks"])
+    return p
+
+
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from trustworthy_dl.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from trustworthy_dl.engine.run import run_experiment
+    from trustworthy_dl.report.console import print_summary
+
+    overrides = list(args.overrides)
+    if args.quiet:
+        overrides.append("output.progress=false")
+    cfg = _load(argparse.Namespace(config=args.config, overrides=overrides))
+    result = run_experiment(cfg, out_dir=args.out)
+    if result.out_dir is not None and not args.quiet:
+        print_summary(result.summary)
+    return 0
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    _load(args)  # fail fast, in one process, on a bad config
+    if args.nproc < 1:
+        raise TdlError(f"--nproc must be >= 1, got {args.nproc}")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={args.nproc}",
+        "-m",
+        "trustworthy_dl",
+        "run",
+    ]
+    if args.config:
+        cmd.append(args.config)
+    for o in args.overrides:
+        cmd += ["--set", o]
+    if args.out:
+        cmd += ["--out", args.out]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    return subprocess.call(cmd, env=env)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    import yaml
+
+    print(yaml.safe_dump(_load(args).to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from trustworthy_dl.report.console import print_summary
+
+    path = Path(args.run_dir) / "summary.json"
+    if not path.is_file():
+        raise TdlError(f"{str(path)!r} not found: is {args.run_dir!r} a finished run directory?")
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise TdlError(f"{str(path)!r} is not valid JSON: {err}") from None
+    print_summary(summary)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "models":
+        from trustworthy_dl.models import list_models as names
+    elif args.what == "datasets":
+        from trustworthy_dl.data import list_datasets as names
+    elif args.what == "aggregators":
+        from trustworthy_dl.aggregation import list_aggregators, list_pre_aggregators
+
+        print("aggregators:     " + ", ".join(list_aggregators()))
+        print("pre-aggregators: " + ", ".join(list_pre_aggregators()))
+        return 0
+    else:
+        from trustworthy_dl.attacks import attack_names as names
+    print("\n".join(names()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {
+        "run": _cmd_run,
+        "launch": _cmd_launch,
+        "validate": _cmd_validate,
+        "report": _cmd_report,
+        "list": _cmd_list,
+    }[args.command]
+    try:
+        return handler(args)
+    except TdlError as err:
+        print(f"tdl: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tdl: interrupted; files written so far are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

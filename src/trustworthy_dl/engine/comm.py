@@ -1,0 +1,155 @@
+"""The communication seam: how node updates reach the trusted coordinator and results come back.
+
+The round loop never branches on the backend; it calls this small interface:
+
+* ``local_nodes``: the node ids this process computes for (all of them when simulated);
+* ``gather_rows``: stack every node's row on the coordinator (rank 0), ``None`` elsewhere;
+* ``broadcast``: send a tensor from the coordinator to every process, in place.
+
+:class:`SimComm` is one process hosting all N nodes (the gather is free). :class:`TorchComm`
+runs one process per rank under ``torchrun`` over ``torch.distributed`` (gloo on CPU, NCCL on
+GPU); rank r hosts a contiguous block of ceil(N / world) nodes. Only tensors cross process
+boundaries: nothing received from a node is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from abc import ABC, abstractmethod
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from trustworthy_dl.errors import ConfigError, NodeMessageError
+
+__all__ = ["Comm", "SimComm", "TorchComm", "make_comm"]
+
+
+class Comm(ABC):
+    """Coordinator-centred collectives over the nodes of one run."""
+
+    rank: int = 0
+    world_size: int = 1
+    backend_name: str = "simulated"
+
+    def __init__(self, num_nodes: int) -> None:
+        if self.world_size > num_nodes:
+            raise ConfigError(
+                f"distributed.num_nodes={num_nodes} is smaller than the {self.world_size} processes launched; "
+                "every process must host at least one node"
+            )
+        self.num_nodes = num_nodes
+        self.rows_per_rank = math.ceil(num_nodes / self.world_size)
+
+    @property
+    def is_coordinator(self) -> bool:
+        return self.rank == 0
+
+    def nodes_of(self, rank: int) -> range:
+        lo = rank * self.rows_per_rank
+        return range(min(lo, self.num_nodes), min(lo + self.rows_per_rank, self.num_nodes))
+
+    @property
+    def local_nodes(self) -> range:
+        return self.nodes_of(self.rank)
+
+    @abstractmethod
+    def gather_rows(self, local_RD: Tensor) -> Tensor | None:
+        """Stack the rows of every process into (N, D) on the coordinator; ``None`` elsewhere."""
+
+    @abstractmethod
+    def broadcast(self, tensor: Tensor) -> Tensor:
+        """Overwrite ``tensor`` on every process with the coordinator's value; returns it."""
+
+    def barrier(self) -> None:
+        """Wait for every process (no-op when simulated)."""
+
+    def close(self) -> None:
+        """Release the process group (no-op when simulated)."""
+
+
+class SimComm(Comm):
+    """All N nodes live in this process; collectives are identities."""
+
+    def gather_rows(self, local_RD: Tensor) -> Tensor:
+        if local_RD.shape[0] != self.num_nodes:
+            raise NodeMessageError(f"expected {self.num_nodes} rows, got {local_RD.shape[0]}")
+        return local_RD
+
+    def broadcast(self, tensor: Tensor) -> Tensor:
+        return tensor
+
+
+class TorchComm(Comm):
+    """One process per rank over ``torch.distributed``; rank 0 is the trusted coordinator."""
+
+    def __init__(self, num_nodes: int, *, backend: str = "auto", device: torch.device | None = None) -> None:
+        if not dist.is_initialized():
+            if backend == "auto":
+                backend = (
+                    "nccl"
+                    if torch.cuda.is_available() and device is not None and device.type == "cuda"
+                    else "gloo"
+                )
+            dist.init_process_group(backend=backend)
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.backend_name = f"torch.distributed/{dist.get_backend()}"
+        super().__init__(num_nodes)
+        self._gather_bufs: list[Tensor] | None = None
+
+    def gather_rows(self, local_RD: Tensor) -> Tensor | None:
+        r, d = self.rows_per_rank, local_RD.shape[1]
+        n_local = len(self.local_nodes)
+        if local_RD.shape[0] != n_local:
+            raise NodeMessageError(
+                f"rank {self.rank}: expected {n_local} local rows, got {local_RD.shape[0]}"
+            )
+        send = local_RD
+        if n_local < r:  # pad the last rank's block so every message has the same shape
+            send = torch.zeros(r, d, dtype=local_RD.dtype, device=local_RD.device)
+            send[:n_local] = local_RD
+        if self.is_coordinator:
+            if (
+                self._gather_bufs is None
+                or self._gather_bufs[0].shape != (r, d)
+                or self._gather_bufs[0].dtype != send.dtype
+            ):
+                self._gather_bufs = [
+                    torch.empty(r, d, dtype=send.dtype, device=send.device) for _ in range(self.world_size)
+                ]
+            dist.gather(send.contiguous(), gather_list=self._gather_bufs, dst=0)
+            return torch.cat(self._gather_bufs)[: self.num_nodes]
+        dist.gather(send.contiguous(), dst=0)
+        return None
+
+    def broadcast(self, tensor: Tensor) -> Tensor:
+        dist.broadcast(tensor, src=0)
+        return tensor
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+
+
+def make_comm(
+    num_nodes: int, *, backend: str, dist_backend: str = "auto", device: torch.device | None = None
+) -> Comm:
+    """The simulated comm, or torch.distributed when launched under torchrun / asked for."""
+    if launched_by_torchrun():
+        return TorchComm(num_nodes, backend=dist_backend, device=device)
+    if backend == "torch":
+        raise ConfigError(
+            "distributed.backend='torch' needs one process per rank: launch with "
+            "`torchrun --standalone --nproc-per-node K -m trustworthy_dl run CONFIG` or `tdl launch -n K CONFIG`"
+        )
+    return SimComm(num_nodes)

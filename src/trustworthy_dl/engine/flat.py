@@ -1,0 +1,61 @@
+"""One flat parameter vector behind a model.
+
+The model's parameters become views into a single flat tensor ``params_D`` so that the
+coordinator's optimizer, the aggregators and the per-node gradient rows all speak in flat
+(D,) vectors, with no copies between the model and the (N, D) update matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["FlatModel"]
+
+
+class FlatModel:
+    """Re-homes ``model``'s trainable parameters into one flat buffer.
+
+    Attributes:
+        model: the module (its parameters now view ``params_D``).
+        params_D: the flat parameter vector (an ``nn.Parameter`` so optimizers accept it).
+        names: parameter names, in flat order.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("model has no trainable parameters")
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.numels = [p.numel() for p in self.params]
+        self.shapes = [p.shape for p in self.params]
+        dtype, device = self.params[0].dtype, self.params[0].device
+        flat = torch.empty(sum(self.numels), dtype=dtype, device=device)
+        offset = 0
+        for p, n in zip(self.params, self.numels):
+            flat[offset : offset + n].copy_(p.detach().reshape(-1))
+            p.data = flat[offset : offset + n].view_as(p)
+            offset += n
+        self.params_D = nn.Parameter(flat)
+
+    @property
+    def num_params(self) -> int:
+        return self.params_D.numel()
+
+    def write_grads(self, grads: tuple[Tensor, ...], out_D: Tensor) -> None:
+        """Write per-parameter gradients into the flat row ``out_D`` (no intermediate copy)."""
+        torch.cat([g.reshape(-1) for g in grads], out=out_D)
+
+    def unflatten(self, vec_D: Tensor) -> dict[str, Tensor]:
+        """Views of a flat vector shaped like the named parameters."""
+        out, offset = {}, 0
+        for name, n, shape in zip(self.names, self.numels, self.shapes):
+            out[name] = vec_D[offset : offset + n].view(shape)
+            offset += n
+        return out
+
+    def load_flat(self, vec_D: Tensor) -> None:
+        with torch.no_grad():
+            self.params_D.copy_(vec_D)

@@ -1,0 +1,321 @@
+"""The round loop of DESIGN.md, identical for the simulated and the torch.distributed backends.
+
+One round::
+
+    assignment = scheduler.assignment()              # node -> data shards
+    rows       = computer.compute(local batches)     # each local node's gradient, one row each
+    updates_ND = comm.gather_rows(rows)              # on the coordinator
+    updates_ND = adversary.corrupt(updates_ND)       # Byzantine rows replaced (simulation)
+    verdict    = security.inspect(updates_ND)        # stage 1 statistics, stage 2 re-computation
+    trust.update(verdict.evidence_N)                 # scores decay on evidence, recover when clean
+    agg        = aggregator(updates_ND[active])      # robust aggregation over trusted nodes
+    comm.broadcast(agg); optimizer.step(agg)         # every rank applies the same update
+    scheduler.reassign(trust.quarantined)            # shards of distrusted nodes move
+    log.write(record)                                # one JSON record per round
+
+Only the coordinator (rank 0) runs the middle of the round and writes files.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from trustworthy_dl.engine.setup import Experiment, headline
+from trustworthy_dl.engine.task import evaluate
+from trustworthy_dl.report.console import RunProgress
+from trustworthy_dl.report.metrics import MetricsLog
+from trustworthy_dl.report.plots import plot_training
+from trustworthy_dl.report.rundir import write_json_atomic
+from trustworthy_dl.security.metrics import DetectionTracker
+from trustworthy_dl.security.monitor import ParameterMonitor
+
+__all__ = ["RoundLoop", "RunResult"]
+
+
+@dataclass
+class RunResult:
+    """What a run returns: its per-round history, its summary and where they were written."""
+
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+    out_dir: Path | None
+    experiment: Experiment
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.split: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.split[phase] += time.perf_counter() - t0
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class RoundLoop:
+    """Runs ``exp.total_rounds`` rounds and writes metrics.jsonl, summary.json and plots."""
+
+    def __init__(self, exp: Experiment, out_dir: Path | None) -> None:
+        self.exp = exp
+        self.comm = exp.comm
+        self.coordinator = exp.comm.is_coordinator
+        self.out_dir = out_dir if self.coordinator else None
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl" if self.out_dir else None)
+        d = exp.flat.num_params
+        p = exp.flat.params_D
+        self.local_RD = torch.empty(len(exp.comm.local_nodes), d, dtype=p.dtype, device=p.device)
+        self.agg_D = torch.empty(d, dtype=p.dtype, device=p.device)
+        n = exp.cfg.distributed.num_nodes
+        self.tracker = DetectionTracker(n, exp.adversary.byzantine_ids, attack_active=exp.adversary.active)
+        self.reassignments: list[dict[str, Any]] = []
+        # parameter drift per round is logged when security is on (one copy of D per round)
+        self.prev_D = torch.empty_like(self.agg_D) if exp.security is not None and self.coordinator else None
+        self.totals = _Timer()
+        self.samples = 0
+
+    # ------------------------------------------------------------------ one round, by phase
+
+    def _compute(self, r: int, assignment: list[list[int]], timer: _Timer) -> Tensor:
+        exp = self.exp
+        batches = []
+        with timer("data"):
+            for node in self.comm.local_nodes:
+                x, y = exp.batch(node, r, assignment[node])
+                x, y = exp.adversary.corrupt_batch(node, x, y, round=r, num_classes=exp.data.num_classes)
+                batches.append((x, y))
+        with timer("compute"):
+            return exp.computer.compute(batches, self.local_RD)
+
+    def _recompute(self, r: int, assignment: list[list[int]]):  # type: ignore[no-untyped-def]
+        """A trusted verifier's re-computation of ``node``'s work: same shard batch, same parameters."""
+
+        def recompute(node: int) -> Tensor:
+            x, y = self.exp.batch(node, r, assignment[node])
+            return self.exp.computer.gradient(x, y)[0]
+
+        return recompute
+
+    def _coordinate(
+        self, r: int, updates_ND: Tensor, assignment: list[list[int]], tampered: list[int], timer: _Timer
+    ) -> dict[str, Any]:
+        """The coordinator's part: attack simulation, security, trust, aggregation, scheduling."""
+        exp, rec = self.exp, {}
+        with timer("attack"):
+            updates_ND = exp.adversary.corrupt(updates_ND, round=r, aggregator=exp.aggregator)
+        n = updates_ND.shape[0]
+        positive_N = torch.zeros(n, dtype=torch.bool)
+        stage1_N: Tensor | None = None
+        recomputations, verify_s = 0, 0.0
+        if exp.security is not None:
+            with timer("security"):
+                verdict, sec_rec = exp.security.inspect(
+                    updates_ND,
+                    round=r,
+                    active_N=exp.trust.active_N,
+                    recompute=self._recompute(r, assignment),
+                    tampered=tampered,
+                )
+            positive_N, stage1_N = verdict.positive_N, verdict.flags_N
+            recomputations, verify_s = (
+                int(sec_rec.get("recomputations", 0)),
+                float(sec_rec.get("verify_s", 0.0)),
+            )
+            with timer("trust"):
+                events = exp.trust.update(verdict.evidence_N)
+            rec["security"] = sec_rec
+            if events.quarantined:
+                rec["quarantined_now"] = events.quarantined
+            if events.reinstated:
+                rec["reinstated_now"] = events.reinstated
+        active_N = exp.trust.active_N
+        with timer("aggregate"):
+            result = exp.aggregator(updates_ND[active_N])
+            self.agg_D.copy_(result.value_D)
+        with timer("schedule"):
+            moves = exp.scheduler.reassign(active_N, round_idx=r)
+        if moves:
+            self.reassignments += [m.to_dict() for m in moves]
+            rec["reassignments"] = [m.to_dict() for m in moves]
+        self.tracker.record(
+            r,
+            flags_N=positive_N,
+            quarantined_N=exp.trust.quarantined_N,
+            stage1_flags_N=stage1_N,
+            recomputations=recomputations,
+            verify_seconds=verify_s,
+        )
+        rec["num_active"] = int(active_N.sum())
+        if exp.security is not None:
+            rec["trust"] = [round(float(s), 4) for s in exp.trust.scores]
+            rec["quarantined"] = torch.nonzero(exp.trust.quarantined_N).flatten().tolist()
+        if result.info:
+            rec["aggregator"] = result.info
+        return rec
+
+    def _tampered(self) -> list[int]:
+        """Nodes whose copy of the parameters differs from the coordinator's (torch backend only).
+
+        Each process sends a digest tensor of its parameter copy for each of its nodes; simulated
+        nodes share the coordinator's parameters, so there is nothing to compare.
+        """
+        if self.comm.world_size == 1:
+            return []
+        digest = ParameterMonitor.digest(self.exp.flat.params_D.detach())
+        local = digest.to(self.local_RD.dtype).expand(len(self.comm.local_nodes), -1).contiguous()
+        rows = self.comm.gather_rows(local)
+        if rows is None:
+            return []
+        return ParameterMonitor.check(self.exp.flat.params_D.detach(), list(rows.to(digest.dtype)))
+
+    def _round(self, r: int) -> dict[str, Any]:
+        exp, comm = self.exp, self.comm
+        timer = _Timer()
+        assignment = exp.scheduler.assignment()
+        self.samples += exp.cfg.training.batch_size * sum(len(a) for a in assignment)
+        losses_R = self._compute(r, assignment, timer)
+        with timer("gather"):
+            updates_ND = comm.gather_rows(self.local_RD)
+            losses_N = comm.gather_rows(losses_R.to(self.local_RD)[:, None])
+            tampered = self._tampered() if exp.security is not None else []
+        rec: dict[str, Any] = {"round": r, "epoch": r // exp.rounds_per_epoch}
+        if self.coordinator:
+            assert updates_ND is not None and losses_N is not None
+            rec["loss"] = float(losses_N.mean())
+            rec.update(self._coordinate(r, updates_ND, assignment, tampered, timer))
+        with timer("broadcast"):
+            comm.broadcast(self.agg_D)
+            if comm.world_size > 1:  # every rank must know who holds which shard next round
+                holder_S = comm.broadcast(torch.tensor(exp.scheduler.holder, dtype=torch.int64))
+                exp.scheduler.holder = holder_S.tolist()
+        with timer("step"):
+            rec["update_norm"] = float(self.agg_D.norm())
+            before_D = self.prev_D.copy_(exp.flat.params_D.detach()) if self.prev_D is not None else None
+            rec["lr"] = exp.optimizer.step(self.agg_D, r)
+            if before_D is not None:
+                rec.update(ParameterMonitor.stats(exp.flat.params_D.detach(), before_D))
+        if self.coordinator and exp.is_eval_round(r):
+            with timer("eval"):
+                ev = evaluate(exp.flat.model, exp.task, exp.data.x_test, exp.data.y_test)
+            rec.update(test_loss=ev.loss, test_accuracy=ev.accuracy)
+            if ev.perplexity is not None:
+                rec["test_perplexity"] = ev.perplexity
+        rec["time"] = {k: round(v, 6) for k, v in timer.split.items()}
+        for k, v in timer.split.items():
+            self.totals.split[k] += v
+        return rec
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> RunResult:
+        exp = self.exp
+        cfg = exp.cfg
+        progress = RunProgress(exp.total_rounds, enabled=self.coordinator and cfg.output.progress)
+        t0 = time.perf_counter()
+        try:
+            for r in range(exp.total_rounds):
+                rec = self._round(r)
+                self.log.write(rec)
+                if self.coordinator:
+                    status = f"loss {rec['loss']:.3f}"
+                    if "test_accuracy" in rec:
+                        status += f"  acc {rec['test_accuracy']:.3f}"
+                    progress.advance(status)
+        finally:
+            progress.close()
+            self.log.close()
+        wall = time.perf_counter() - t0
+        summary = (
+            self._summary(wall) if self.coordinator else {"rank": self.comm.rank, "wall_s": round(wall, 3)}
+        )
+        if self.out_dir is not None:
+            write_json_atomic(self.out_dir / "summary.json", summary)
+            if cfg.output.plots:
+                plot_training(self.log.records, self.out_dir, language_model=exp.data.kind == "text")
+                self._extra_plots()
+        return RunResult(history=self.log.records, summary=summary, out_dir=self.out_dir, experiment=exp)
+
+    def _extra_plots(self) -> None:
+        if self.exp.security is None:
+            return
+        from trustworthy_dl.report.trust_plots import plot_detection_timeline, plot_trust
+
+        assert self.out_dir is not None
+        plot_trust(
+            self.log.records,
+            self.out_dir,
+            byzantine_ids=self.exp.adversary.byzantine_ids,
+            threshold=self.exp.trust.threshold,
+        )
+        plot_detection_timeline(
+            self.log.records, self.out_dir, byzantine_ids=self.exp.adversary.byzantine_ids
+        )
+
+    def _summary(self, wall: float) -> dict[str, Any]:
+        exp, cfg = self.exp, self.exp.cfg
+        evals = [r for r in self.log.records if "test_loss" in r]
+        last = evals[-1] if evals else {}
+        train_s = wall - self.totals.split.get("eval", 0.0)
+        summary: dict[str, Any] = {
+            "run": {
+                "name": cfg.model.name + "-" + cfg.data.name,
+                "dir": str(self.out_dir) if self.out_dir else None,
+            },
+            "backend": exp.comm.backend_name,
+            "simulated": exp.comm.backend_name == "simulated",
+            "attack_simulated": cfg.attack.enabled,
+            **headline(cfg),
+            "byzantine_ids": exp.adversary.byzantine_ids,
+            "processes": exp.comm.world_size,
+            "device": str(exp.device),
+            "num_params": exp.flat.num_params,
+            "final": {
+                "test_accuracy": last.get("test_accuracy"),
+                "test_loss": last.get("test_loss"),
+                "perplexity": last.get("test_perplexity"),
+                "train_loss": self.log.records[-1]["loss"] if self.log.records else None,
+            },
+            "best_test_accuracy": max((r["test_accuracy"] for r in evals), default=None),
+            "rounds": exp.total_rounds,
+            "rounds_per_epoch": exp.rounds_per_epoch,
+            "epochs": exp.total_rounds / exp.rounds_per_epoch,
+            "wall_s": round(wall, 3),
+            "throughput": {
+                "samples_per_s": round(self.samples / train_s, 2) if train_s > 0 else None,
+                "rounds_per_s": round(exp.total_rounds / train_s, 3) if train_s > 0 else None,
+                "note": "training samples (all nodes) per second of training time, evaluation excluded",
+            },
+            "time_split_s": {k: round(v, 4) for k, v in sorted(self.totals.split.items())},
+            "peak_memory_mb": round(_peak_memory_mb(exp.device), 1),
+        }
+        if exp.security is not None or cfg.attack.enabled:
+            summary["detection"] = self.tracker.summary()
+            if exp.security is not None:
+                summary["detection"]["verification"] = exp.security.cost_summary()
+            summary["trust"] = exp.trust.summary()
+        if self.reassignments:
+            summary["reassignment"] = {
+                "events": len(self.reassignments),
+                "seconds_total": round(sum(e["seconds"] for e in self.reassignments), 6),
+                "shards_moved_away": sum(e["reason"] == "inactive" for e in self.reassignments),
+                "shards_returned": sum(e["reason"] == "return" for e in self.reassignments),
+                "first": self.reassignments[:20],
+            }
+        return summary

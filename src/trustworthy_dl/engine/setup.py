@@ -1,0 +1,191 @@
+"""Build every component of a run from a validated :class:`~trustworthy_dl.config.Config`.
+
+The round loop receives an :class:`Experiment` and never looks at the config's switches again:
+each seam of DESIGN.md (backend, privacy, adversary, security, trust, aggregator, optimizer,
+scheduler, log) is an object here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from trustworthy_dl.aggregation import build_aggregator
+from trustworthy_dl.attacks import AdversarialAttacker
+from trustworthy_dl.config import Config
+from trustworthy_dl.data import DatasetBundle, load_dataset
+from trustworthy_dl.data.partition import partition_bundle
+from trustworthy_dl.data.sampler import ShardSampler
+from trustworthy_dl.engine.comm import Comm, make_comm
+from trustworthy_dl.engine.flat import FlatModel
+from trustworthy_dl.engine.node_compute import NodeComputer
+from trustworthy_dl.engine.optim import CoordinatorOptimizer
+from trustworthy_dl.engine.task import Task
+from trustworthy_dl.errors import ConfigError
+from trustworthy_dl.models import get_model
+from trustworthy_dl.security.layer import SecurityLayer, build_security
+from trustworthy_dl.trust import ShardScheduler, TrustManager
+
+__all__ = ["Experiment", "build_experiment", "resolve_device"]
+
+
+@dataclass
+class Experiment:
+    """Everything one run needs, built once."""
+
+    cfg: Config
+    comm: Comm
+    device: torch.device
+    data: DatasetBundle
+    task: Task
+    flat: FlatModel
+    computer: NodeComputer
+    sampler: ShardSampler
+    scheduler: ShardScheduler
+    adversary: AdversarialAttacker
+    aggregator: Any
+    trust: TrustManager
+    security: SecurityLayer | None
+    optimizer: CoordinatorOptimizer
+    rounds_per_epoch: int
+    total_rounds: int
+
+    def batch(self, node: int, round_idx: int, shards: list[int]) -> tuple[Tensor, Tensor]:
+        """The clean batch node ``node`` trains on this round: ``batch_size`` samples per held shard."""
+        idx = torch.cat([self.sampler.batch(s, round_idx) for s in shards]).to(self.data.x_train.device)
+        return self.data.x_train[idx], self.data.y_train[idx]
+
+    def is_eval_round(self, r: int) -> bool:
+        every = self.cfg.training.eval_every
+        if r == self.total_rounds - 1:
+            return True
+        if every is not None:
+            return (r + 1) % every == 0
+        return (r + 1) % self.rounds_per_epoch == 0
+
+
+def resolve_device(name: str, comm_rank: int = 0) -> torch.device:
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if name == "cuda":
+            raise ConfigError("distributed.device='cuda' but no CUDA device is available")
+        return torch.device("cpu")
+    return torch.device("cuda", comm_rank % torch.cuda.device_count())
+
+
+def _check_supported(cfg: Config) -> None:
+    if cfg.distributed.parallelism != "data":
+        raise ConfigError(
+            f"distributed.parallelism={cfg.distributed.parallelism!r}: pipeline and hybrid training are not "
+            "implemented yet; this release trains data parallel only (parallelism: data)"
+        )
+    if cfg.privacy.enabled:
+        raise ConfigError("privacy.enabled=true: the privacy layer is not implemented yet")
+    if cfg.output.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "output.tensorboard=true needs the 'tensorboard' package (pip install tensorboard)"
+            ) from None
+
+
+def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
+    """Load data, build the model and every seam of the round loop for ``cfg``."""
+    _check_supported(cfg)
+    dcfg, tcfg = cfg.distributed, cfg.training
+    n = dcfg.num_nodes
+    if comm is None:
+        comm = make_comm(n, backend=dcfg.backend, dist_backend=dcfg.dist_backend)
+    device = resolve_device(dcfg.device, comm.rank)
+
+    data = load_dataset(cfg.data)
+    if len(data.x_train) < n:
+        raise ConfigError(
+            f"distributed.num_nodes={n} exceeds the {len(data.x_train)} training samples of {data.name}"
+        )
+    shards = partition_bundle(data, n, cfg.data, seed=cfg.seed)  # on the CPU, before the move to the device
+    data.x_train, data.y_train = data.x_train.to(device), data.y_train.to(device)
+    data.x_test, data.y_test = data.x_test.to(device), data.y_test.to(device)
+
+    torch.manual_seed(cfg.seed)  # model initialisation: identical on every backend and rank
+    model_kind = "text" if data.kind == "text" else "image"
+    model = get_model(
+        cfg.model.name,
+        num_classes=data.num_classes,
+        in_channels=data.input_shape[0] if data.kind == "image" else 1,
+        image_size=data.input_shape[-1] if data.kind == "image" else 0,
+        size=cfg.model.size,
+        norm=cfg.model.norm,
+        vocab_size=data.vocab_size or data.num_classes,
+        block_size=cfg.data.block_size,
+    ).to(device)
+    from trustworthy_dl.models import model_kind as _kind
+
+    if _kind(cfg.model.name) != model_kind:
+        raise ConfigError(
+            f"model.name={cfg.model.name!r} is a {_kind(cfg.model.name)} model but data.name={cfg.data.name!r} "
+            f"is a {model_kind} dataset"
+        )
+    model.train()
+    flat = FlatModel(model)
+    task = Task(data.kind)
+    computer = NodeComputer(flat, task, mode=dcfg.per_node_grads)
+
+    sampler = ShardSampler(shards, tcfg.batch_size, seed=cfg.seed)
+    rounds_per_epoch = sampler.rounds_per_epoch
+    total = rounds_per_epoch * tcfg.num_epochs
+    if tcfg.max_rounds is not None:
+        total = min(total, tcfg.max_rounds)
+
+    adversary = AdversarialAttacker(cfg.attack, num_nodes=n, seed=cfg.seed)
+    f = cfg.num_byzantine
+    params = dict(cfg.aggregation.params)
+    f_agg = int(params.pop("f", f))
+    aggregator = build_aggregator(
+        cfg.aggregation.name,
+        f=f_agg,
+        params=params,
+        pre=[{"name": p.name, **p.params} for p in cfg.aggregation.pre],
+    )
+    trust = TrustManager.from_config(n, cfg)
+    scheduler = ShardScheduler(n)
+    security = build_security(cfg, num_nodes=n)
+    optimizer = CoordinatorOptimizer(flat.params_D, tcfg, total_rounds=total)
+    return Experiment(
+        cfg=cfg,
+        comm=comm,
+        device=device,
+        data=data,
+        task=task,
+        flat=flat,
+        computer=computer,
+        sampler=sampler,
+        scheduler=scheduler,
+        adversary=adversary,
+        aggregator=aggregator,
+        trust=trust,
+        security=security,
+        optimizer=optimizer,
+        rounds_per_epoch=rounds_per_epoch,
+        total_rounds=max(total, 1),
+    )
+
+
+def headline(cfg: Config) -> dict[str, Any]:
+    """Who ran what: the fields the summary and the final table show."""
+    return {
+        "model": cfg.model.name + (f"-{cfg.model.size}" if cfg.model.size else ""),
+        "dataset": cfg.data.name,
+        "partition": cfg.data.partition
+        + (f"(alpha={cfg.data.alpha})" if cfg.data.partition == "dirichlet" else ""),
+        "num_nodes": cfg.distributed.num_nodes,
+        "num_byzantine": cfg.num_byzantine,
+        "attack": cfg.attack.name,
+        "aggregator": "+".join([p.name for p in cfg.aggregation.pre] + [cfg.aggregation.name]),
+        "seed": cfg.seed,
+    }

@@ -1,0 +1,49 @@
+"""The run directory: resolved config, metrics.jsonl, summary.json and plots, never clobbered."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trustworthy_dl.errors import ConfigError
+
+__all__ = ["RUN_FILES", "prepare_run_dir", "write_json_atomic"]
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
+
+
+def prepare_run_dir(path: Path, *, overwrite: bool, config: dict[str, Any]) -> Path:
+    """Create ``path`` and write the resolved config; refuse to write over an earlier run."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output.dir {str(path)!r} exists and is not a directory")
+    existing = [f for f in RUN_FILES if (path / f).exists()]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"output.dir {str(path)!r} already holds a run ({', '.join(existing)}); "
+            "choose another --out or set output.overwrite=true"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for f in ("metrics.jsonl", "summary.json"):
+            (path / f).unlink(missing_ok=True)
+    (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON through a temporary file so a crash never leaves a half-written file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable))
+    os.replace(tmp, path)
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

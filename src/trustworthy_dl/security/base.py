@@ -1,0 +1,101 @@
+"""What every stage-1 detection method returns, their registry, and shared helpers.
+
+A detection method is a pure function ``(x_Nd, *, reference_d=None, **params) -> MethodResult``
+over the round's updates restricted to a coordinate subset (``d`` of the ``D`` coordinates). It
+sees only finite rows; the detector flags non-finite rows itself.
+
+Legend: N nodes, D flat parameters, d sampled coordinates (d <= D).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from trustworthy_dl.registry import Registry
+
+__all__ = ["DETECTION_METHODS", "MethodResult", "finite_rows", "json_list", "robust_z", "sample_coords"]
+
+# 1 / Phi^-1(3/4): scales the MAD into a standard-deviation estimate for Gaussian data.
+MAD_SCALE = 1.4826
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """One detection method's verdict on the finite rows it was given.
+
+    Attributes:
+        flags_N: bool, True for the nodes this method flags.
+        scores_N: float, suspicion normalised so that the method's threshold is 1.0 (> 1 flags).
+        info: small JSON-friendly diagnostics (per-score z values, cluster sizes, ...).
+    """
+
+    flags_N: Tensor
+    scores_N: Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+DetectionMethod = Callable[..., MethodResult]
+DETECTION_METHODS: Registry[DetectionMethod] = Registry("detection method")
+
+
+def finite_rows(updates_ND: Tensor) -> Tensor:
+    """Bool mask of rows whose entries are all finite, in one streaming reduction.
+
+    A row sum is non-finite when any entry is NaN or +-inf; it can also overflow for a row of
+    enormous finite values, which is flagged too (such a row is an attack in any case).
+    """
+    return torch.isfinite(updates_ND.sum(dim=1))
+
+
+def sample_coords(dim: int, num_coords: int | None, generator: torch.Generator | None) -> Tensor | None:
+    """Sorted indices of a random coordinate subset, or None to use all ``dim`` coordinates.
+
+    Sampling is with replacement when ``dim`` is much larger than ``num_coords`` (a randperm of
+    10^7 entries costs more than the detection itself; duplicates are rare and harmless), and
+    without replacement otherwise. Sorted indices keep the gather cache-friendly.
+    """
+    if num_coords is None or num_coords >= dim:
+        return None
+    if num_coords < 1:
+        raise ValueError(f"num_coords must be >= 1, got {num_coords}")
+    if dim <= 4 * num_coords:
+        idx = torch.randperm(dim, generator=generator)[:num_coords]
+    else:
+        idx = torch.randint(dim, (num_coords,), generator=generator)
+    return idx.sort().values
+
+
+def robust_z(
+    values_N: Tensor, *, floor: float, side: str = "both", population_N: Tensor | None = None
+) -> Tensor:
+    """Robust z-scores ``(v - median) / max(1.4826 * MAD, floor)`` across nodes.
+
+    Args:
+        values_N: one statistic per node (float).
+        floor: smallest scale allowed; without it a round where honest nodes agree closely
+            turns tiny honest differences into huge z values.
+        side: "high" keeps only large values suspicious, "low" only small ones, "both" either.
+        population_N: bool mask of the nodes the median and MAD are taken over (default: all);
+            every node is scored against them.
+    """
+    pop = values_N if population_N is None else values_N[population_N]
+    med = pop.median()
+    scale = torch.clamp(MAD_SCALE * (pop - med).abs().median(), min=floor)
+    z = (values_N - med) / scale
+    if side == "high":
+        return z.clamp(min=0)
+    if side == "low":
+        return (-z).clamp(min=0)
+    if side == "both":
+        return z.abs()
+    raise ValueError(f"side must be 'high', 'low' or 'both', got {side!r}")
+
+
+def json_list(values: Tensor, ndigits: int = 4) -> list[float | None]:
+    """A tensor as a list of rounded floats for logs; non-finite values become None (valid JSON)."""
+    return [round(v, ndigits) if v == v and abs(v) != float("inf") else None for v in values.tolist()]

@@ -1,0 +1,145 @@
+"""Stage 1 of detection: cheap statistics over the round's (N, D) updates, every round.
+
+The detector samples a random coordinate subset (so the cost stays small for large D), runs the
+configured methods of :data:`~trustworthy_dl.security.base.DETECTION_METHODS` on the finite rows
+and combines their flags. A row with any non-finite entry is flagged at once with evidence 1.
+Its output is a statistical suspicion: stage 2 (:mod:`trustworthy_dl.security.verification`)
+confirms or clears it by re-computation, in the spirit of BTARD (Gorbunov et al. 2022, "Secure
+distributed training at scale").
+
+Legend: N nodes, D flat parameters, d sampled coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# Importing the method modules registers them.
+from trustworthy_dl.security import distance as _distance  # noqa: F401
+from trustworthy_dl.security import mandera as _mandera  # noqa: F401
+from trustworthy_dl.security.base import DETECTION_METHODS, finite_rows, json_list, sample_coords
+
+__all__ = ["COMBINE_RULES", "Stage1Detector", "Stage1Result"]
+
+COMBINE_RULES = ("any", "all", "vote")
+
+
+@dataclass(frozen=True)
+class Stage1Result:
+    """Stage 1's verdict on one round.
+
+    Attributes:
+        flags_N: bool, nodes flagged by the combined rule or for non-finite updates.
+        scores_N: float64 combined suspicion, 1.0 at the flag threshold (inf for non-finite rows).
+        evidence_N: float64 in [0, 1]: 1.0 for flagged nodes, 0.0 otherwise.
+        info: JSON-friendly diagnostics: ``nonfinite`` (node ids), ``flagged_by`` (method ->
+            node ids), ``scores`` (method -> per-node scores), ``num_coords``, ``seconds``.
+    """
+
+    flags_N: Tensor
+    scores_N: Tensor
+    evidence_N: Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Stage1Detector:
+    """Runs the configured detection methods on a coordinate subset and combines them.
+
+    Args:
+        methods: registered method names, e.g. ``("mandera", "distance")``.
+        combine: "any" (flagged by at least one method), "all" (by every method) or "vote"
+            (by at least half of them, rounded up).
+        num_coords: coordinates sampled per round; None or >= D uses all of them.
+        params: per-method keyword arguments, e.g. ``{"distance": {"threshold": 5.0}}``.
+    """
+
+    def __init__(
+        self,
+        *,
+        methods: Sequence[str] = ("mandera", "distance"),
+        combine: str = "any",
+        num_coords: int | None = 100_000,
+        params: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        if not methods:
+            raise ValueError("Stage1Detector needs at least one method")
+        self.methods = [DETECTION_METHODS.canonical(m) for m in methods]
+        if combine not in COMBINE_RULES:
+            raise ValueError(f"unknown combine rule {combine!r}; valid: {', '.join(COMBINE_RULES)}")
+        if num_coords is not None and num_coords < 1:
+            raise ValueError(f"num_coords must be >= 1 or None, got {num_coords}")
+        params = dict(params or {})
+        extra = sorted(set(params) - set(methods) - set(self.methods))
+        if extra:
+            raise ValueError(f"params given for methods not in use: {extra}; methods: {self.methods}")
+        self.params = {DETECTION_METHODS.canonical(k): dict(v) for k, v in params.items()}
+        self.combine = combine
+        self.num_coords = num_coords
+        m = len(self.methods)
+        self._needed = {"any": 1, "all": m, "vote": math.ceil(m / 2)}[combine]
+
+    def inspect(
+        self,
+        updates_ND: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        reference_D: Tensor | None = None,
+    ) -> Stage1Result:
+        """Flag suspicious rows of ``updates_ND``.
+
+        Args:
+            updates_ND: the round's updates, one row per node (quarantined nodes included:
+                they stay under observation).
+            generator: draws the coordinate subset (derive it from (seed, round)); None uses a
+                fixed seed.
+            reference_D: optional robust reference for the distance scores (e.g. the robust
+                aggregate); sliced to the same coordinates.
+        """
+        if updates_ND.dim() != 2:
+            raise ValueError(f"expected (N, D) updates, got shape {tuple(updates_ND.shape)}")
+        t0 = time.perf_counter()
+        n, dim = updates_ND.shape
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
+        finite_N = finite_rows(updates_ND).cpu()
+        idx_d = sample_coords(dim, self.num_coords, generator)
+        x_Nd = updates_ND if idx_d is None else updates_ND.index_select(1, idx_d.to(updates_ND.device))
+        x_Md = x_Nd[finite_N.to(x_Nd.device)].float().cpu()
+        ref_d = None
+        if reference_D is not None:
+            ref_d = (
+                reference_D if idx_d is None else reference_D.index_select(0, idx_d.to(reference_D.device))
+            )
+            ref_d = ref_d.float().cpu()
+        votes_N = torch.zeros(n, dtype=torch.int64)
+        scores_KN = torch.zeros(len(self.methods), n, dtype=torch.float64)
+        flagged_by: dict[str, list[int]] = {}
+        method_info: dict[str, Any] = {}
+        for k, name in enumerate(self.methods):
+            res = DETECTION_METHODS.get(name)(x_Md, reference_d=ref_d, **self.params.get(name, {}))
+            flags_N = torch.zeros(n, dtype=torch.bool)
+            flags_N[finite_N] = res.flags_N.cpu()
+            scores_KN[k, finite_N] = res.scores_N.to(torch.float64).cpu()
+            votes_N += flags_N.long()
+            flagged_by[name] = flags_N.nonzero().flatten().tolist()
+            method_info[name] = res.info
+        flags_N = (votes_N >= self._needed) | ~finite_N
+        # The score that decides the rule: the needed-th largest method score.
+        scores_N = scores_KN.sort(dim=0, descending=True).values[self._needed - 1]
+        scores_N[~finite_N] = float("inf")
+        info = {
+            "nonfinite": (~finite_N).nonzero().flatten().tolist(),
+            "flagged_by": flagged_by,
+            "scores": {name: json_list(scores_KN[k], 3) for k, name in enumerate(self.methods)},
+            "methods": method_info,
+            "num_coords": dim if idx_d is None else int(idx_d.numel()),
+            "seconds": time.perf_counter() - t0,
+        }
+        return Stage1Result(flags_N, scores_N, flags_N.to(torch.float64), info)

@@ -1,0 +1,144 @@
+"""Distance and direction scores against a robust reference, as robust z-scores across nodes.
+
+Four per-node statistics, each turned into a robust z-score (median / MAD across the N nodes,
+with a floor on the scale) and combined by their maximum:
+
+- ``cosine``: cosine similarity to the reference (the coordinate-wise median unless the caller
+  gives one, e.g. the robust aggregate). Low is suspicious: sign flip, IPM, random noise.
+- ``norm``: log of the row norm. Far from the median either way is suspicious: scaling and
+  Gaussian noise inflate it, the zero attack sends it to -inf.
+- ``krum``: the Krum score (Blanchard et al. 2017, "Machine learning with adversaries:
+  Byzantine tolerant gradient descent"), the sum of squared distances to the n - f - 2 nearest
+  other rows, on a log scale. High is suspicious: a row far from every honest neighbourhood.
+- ``collusion``: log distance to the nearest other row. Low is suspicious: honest nodes draw
+  different batches, so two (near-)identical rows mean colluding senders, a case where Krum is
+  fooled (identical rows are each other's nearest neighbours).
+
+All distances come from one float64 Gram matrix of the sampled coordinates (float32 loses the
+small distances between near-identical rows to cancellation). Tolerance: fewer than N/2
+Byzantine rows, so the medians and MADs stay honest.
+
+Legend: N nodes, d sampled coordinates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from trustworthy_dl.security.base import DETECTION_METHODS, MethodResult, json_list, robust_z
+
+__all__ = ["DEFAULT_THRESHOLDS", "DISTANCE_SCORES", "distance", "distance_statistics"]
+
+DISTANCE_SCORES = ("cosine", "norm", "krum", "collusion")
+# Smallest robust scale of each statistic: below it honest agreement is "perfect" and we must
+# not turn tiny honest differences into large z values. Units: cosine, and natural-log ratios.
+_FLOORS = {"cosine": 0.02, "norm": 0.05, "krum": 0.05, "collusion": 0.05}
+# Robust z above which a statistic flags (calibrated on honest Fashion-MNIST gradients, IID and
+# Dirichlet 0.5; see the module docstring).
+DEFAULT_THRESHOLDS = {"cosine": 8.0, "norm": 8.0, "krum": 8.0, "collusion": 8.0}
+_SIDES = {"cosine": "low", "norm": "both", "krum": "high", "collusion": "low"}
+_TINY = 1e-30
+
+
+def distance_statistics(
+    x_Nd: Tensor,
+    *,
+    reference_d: Tensor | None = None,
+    f: int | None = None,
+    population_N: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """The raw per-node statistics (float64, N each): cosine, norm (log), krum (log), collusion (log).
+
+    Args:
+        x_Nd: finite updates.
+        reference_d: robust reference; None uses the coordinate-wise median of the population.
+        f: Byzantine nodes assumed by the Krum score (n - f - 2 neighbours); None uses N // 4.
+        population_N: bool mask of the rows the default reference is the median of (default all).
+    """
+    n = x_Nd.shape[0]
+    x = x_Nd.to(torch.float64)
+    gram_NN = x @ x.t()
+    sq_N = gram_NN.diagonal()
+    d2_NN = (sq_N[:, None] + sq_N[None, :] - 2 * gram_NN).clamp(min=0)
+    d2_NN.fill_diagonal_(float("inf"))
+    f_eff = n // 4 if f is None else f
+    k = min(max(n - f_eff - 2, 1), n - 1)
+    nearest_Nk = d2_NN.topk(k, dim=1, largest=False).values
+    return {
+        "cosine": _cosine(x, sq_N.sqrt(), reference_d, population_N),
+        "norm": sq_N.clamp(min=_TINY).log() / 2,
+        "krum": nearest_Nk.sum(dim=1).clamp(min=_TINY).log(),
+        "collusion": nearest_Nk[:, 0].clamp(min=_TINY).log() / 2,
+    }
+
+
+def _cosine(x_Nd: Tensor, norms_N: Tensor, reference_d: Tensor | None, population_N: Tensor | None) -> Tensor:
+    if reference_d is None:
+        pop_Md = x_Nd if population_N is None else x_Nd[population_N]
+        ref_d = pop_Md.median(dim=0).values
+    else:
+        ref_d = reference_d.to(torch.float64)
+    return (x_Nd @ ref_d) / (norms_N * ref_d.norm()).clamp(min=_TINY)
+
+
+@DETECTION_METHODS.register("distance")
+def distance(
+    x_Nd: Tensor,
+    *,
+    reference_d: Tensor | None = None,
+    scores: Sequence[str] = DISTANCE_SCORES,
+    thresholds: Mapping[str, float] | None = None,
+    f: int | None = None,
+    floors: Mapping[str, float] | None = None,
+    passes: int = 3,
+) -> MethodResult:
+    """Flag nodes whose robust z-score on any statistic in ``scores`` exceeds its threshold.
+
+    The medians and MADs are first taken over all nodes, then again over the nodes not flagged
+    so far (at most ``passes`` times, and only while more than half the nodes remain): a group
+    of identical colluding rows otherwise collapses the MAD and drags the median reference,
+    making honest nodes look extreme.
+
+    Args:
+        x_Nd: finite updates on the sampled coordinates.
+        reference_d: robust reference on the same coordinates (None: coordinate-wise median).
+        scores: which statistics to use, any of :data:`DISTANCE_SCORES`.
+        thresholds: per-statistic robust z thresholds (default :data:`DEFAULT_THRESHOLDS`).
+        f: Byzantine count assumed by the Krum score (None: N // 4).
+        floors: per-statistic overrides of the smallest robust scale.
+        passes: how many times the reference population may be re-estimated.
+
+    Returns:
+        flags_N, scores_N = max over statistics of z / threshold, and the z values in ``info``.
+    """
+    unknown = [s for s in scores if s not in DISTANCE_SCORES]
+    unknown += [s for s in {**(thresholds or {}), **(floors or {})} if s not in DISTANCE_SCORES]
+    if unknown or not scores:
+        raise ValueError(
+            f"unknown distance scores {unknown or list(scores)}; valid: {', '.join(DISTANCE_SCORES)}"
+        )
+    thr = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    bad = {s: t for s, t in thr.items() if not t > 0}
+    if bad:
+        raise ValueError(f"distance thresholds must be > 0, got {bad}")
+    n = x_Nd.shape[0]
+    if n < 3:  # medians of one or two rows cannot tell who deviates
+        return MethodResult(torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.float64), {})
+    stats = distance_statistics(x_Nd, reference_d=reference_d, f=f)
+    fl = {**_FLOORS, **(floors or {})}
+    population_N = torch.ones(n, dtype=torch.bool)
+    for p in range(max(passes, 1)):
+        if p > 0 and reference_d is None and "cosine" in scores:  # re-centre on the kept rows
+            stats["cosine"] = _cosine(x_Nd.to(torch.float64), stats["norm"].exp(), None, population_N)
+        z = {s: robust_z(stats[s], floor=fl[s], side=_SIDES[s], population_N=population_N) for s in scores}
+        ratio_N = torch.stack([z[s] / thr[s] for s in scores]).amax(dim=0).nan_to_num(nan=float("inf"))
+        keep_N = ratio_N <= 1.0
+        if bool((keep_N == population_N).all()) or 2 * int(keep_N.sum()) <= n:
+            break
+        population_N = keep_N
+    info: dict[str, Any] = {f"z_{s}": json_list(zs, 3) for s, zs in z.items()}
+    return MethodResult(ratio_N > 1.0, ratio_N, info)

@@ -1,0 +1,142 @@
+"""The security seam of the round loop: stage 1 statistics, stage 2 re-computation, one verdict.
+
+``SecurityLayer.inspect`` runs every round on the coordinator::
+
+    s1    = detector.inspect(updates_ND)                    # MANDERA ranks + distance scores
+    nodes = verifier.select(s1.flags_N, active_N, round)    # suspects, probation, spot checks
+    v     = verifier.verify(updates_ND, nodes, recompute)   # a trusted node re-computes their work
+    verdict = make_verdict(N, stage1=s1, verification=v, tampered=...)
+
+``recompute(node)`` is supplied by the loop: the same shard batch and the same parameters run on
+a trusted verifier, so a node that sent anything other than its honest gradient is caught even
+when it hides inside the statistics (BTARD's validators, Gorbunov et al. 2022).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from trustworthy_dl.data.sampler import derive_seed
+from trustworthy_dl.errors import ConfigError
+from trustworthy_dl.security.detector import Stage1Detector
+from trustworthy_dl.security.verdict import Verdict, make_verdict
+from trustworthy_dl.security.verification import GradientVerifier
+
+if TYPE_CHECKING:
+    from trustworthy_dl.config import Config
+
+__all__ = ["SecurityLayer", "build_security"]
+
+
+class SecurityLayer:
+    """Stage 1 (optional) and stage 2 (optional) combined into a per-round :class:`Verdict`."""
+
+    def __init__(
+        self,
+        num_nodes: int,
+        *,
+        detector: Stage1Detector | None,
+        verifier: GradientVerifier | None,
+        seed: int = 0,
+    ) -> None:
+        if detector is None and verifier is None:
+            raise ValueError("SecurityLayer needs a detector, a verifier or both")
+        self.num_nodes, self.detector, self.verifier, self.seed = num_nodes, detector, verifier, seed
+        self.rounds = 0
+        self.recomputations = 0
+        self.verify_seconds = 0.0
+        self.detect_seconds = 0.0
+
+    def inspect(
+        self,
+        updates_ND: Tensor,
+        *,
+        round: int,
+        active_N: Tensor,
+        recompute: Callable[[int], Tensor],
+        tampered: Sequence[int] = (),
+    ) -> tuple[Verdict, dict[str, Any]]:
+        """The round's verdict and a JSON-friendly record of what was flagged, checked and found."""
+        n = updates_ND.shape[0]
+        if n != self.num_nodes:
+            raise ValueError(f"expected {self.num_nodes} rows, got {n}")
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, round, 0x5EC))
+        stage1 = None
+        if self.detector is not None:
+            stage1 = self.detector.inspect(updates_ND, generator=gen)
+            self.detect_seconds += float(stage1.info.get("seconds", 0.0))
+        verification = None
+        rec: dict[str, Any] = {}
+        if self.verifier is not None:
+            flags = stage1.flags_N if stage1 is not None else torch.zeros(n, dtype=torch.bool)
+            nodes = self.verifier.select(flags, active_N, round, generator=gen)
+            verification = self.verifier.verify(updates_ND, nodes, recompute)
+            self.recomputations += verification.recomputations
+            self.verify_seconds += verification.seconds
+            rec["verified"] = dict(self.verifier.last_selection)
+            rec["recomputations"] = verification.recomputations
+            rec["verify_s"] = round_(verification.seconds)
+        verdict = make_verdict(n, stage1=stage1, verification=verification, tampered=tampered)
+        self.rounds += 1
+        rec.update({k: v for k, v in verdict.info.items() if v})
+        return verdict, rec
+
+    def cost_summary(self) -> dict[str, Any]:
+        """The extra work security cost: re-computations and seconds, in total and per round."""
+        r = max(self.rounds, 1)
+        return {
+            "recomputations": self.recomputations,
+            "recomputations_per_round": round_(self.recomputations / r),
+            "verify_seconds": round_(self.verify_seconds),
+            "verify_seconds_per_round": round_(self.verify_seconds / r),
+            "detect_seconds": round_(self.detect_seconds),
+            "detect_seconds_per_round": round_(self.detect_seconds / r),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "verifier": self.verifier.state_dict() if self.verifier else None,
+            "rounds": self.rounds,
+            "recomputations": self.recomputations,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.verifier is not None and state.get("verifier") is not None:
+            self.verifier.load_state_dict(state["verifier"])
+        self.rounds, self.recomputations = int(state["rounds"]), int(state["recomputations"])
+
+
+def round_(x: float, nd: int = 6) -> float:
+    return round(float(x), nd)
+
+
+def build_security(cfg: Config, *, num_nodes: int) -> SecurityLayer | None:
+    """The configured security layer, or None when detection and verification are both off."""
+    s = cfg.security
+    if not (s.attack_detection or s.gradient_verification):
+        return None
+    try:
+        detector = (
+            Stage1Detector(
+                methods=tuple(s.detection_methods),
+                combine=s.detection_combine,
+                num_coords=s.detection_coords,
+                params=s.detection_params,
+            )
+            if s.attack_detection
+            else None
+        )
+        verifier = (
+            GradientVerifier(
+                rtol=s.verification_rtol, spot_check_fraction=s.spot_check_fraction, seed=cfg.seed
+            )
+            if s.gradient_verification
+            else None
+        )
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"security: {err}") from None
+    return SecurityLayer(num_nodes, detector=detector, verifier=verifier, seed=cfg.seed)

@@ -1,0 +1,65 @@
+"""Coordinate-wise ranks across nodes, with ties given their average rank.
+
+MANDERA (Zhu et al. 2022, "MANDERA: Malicious node detection in federated learning via
+ranking") replaces every coordinate of the (N, D) update matrix by its rank among the N nodes.
+Ranks are bounded and scale-free, so one huge row cannot hide the others, and honest nodes that
+draw from the same distribution get mean rank (N + 1) / 2 and rank spread sqrt((N^2 - 1) / 12).
+
+Ties matter: colluding Byzantine nodes often send one identical vector, and exact zeros (dead
+units) tie across honest nodes. Average ranks give every member of a tie the mean of the ranks
+the tie occupies, so identical rows get identical rank profiles (which MANDERA then clusters).
+
+Legend: N nodes, d coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["average_ranks", "rank_features"]
+
+
+def average_ranks(x_Nd: Tensor) -> Tensor:
+    """1-based ranks of every column of ``x_Nd`` across its N rows; ties get their average rank.
+
+    One sort of the (d, N) transpose plus two batched binary searches: ``lo`` counts the
+    entries strictly smaller, ``hi`` those smaller or equal, and the average rank of a tie that
+    occupies sorted positions lo .. hi-1 (0-based) is (lo + hi + 1) / 2.
+
+    Args:
+        x_Nd: finite values, (N, d).
+
+    Returns:
+        (N, d) float32 ranks in [1, N]; every column sums to N (N + 1) / 2.
+    """
+    if x_Nd.dim() != 2:
+        raise ValueError(f"expected an (N, d) matrix, got shape {tuple(x_Nd.shape)}")
+    x_dN = x_Nd.t().contiguous()
+    sorted_dN = torch.sort(x_dN, dim=1).values
+    lo = torch.searchsorted(sorted_dN, x_dN, side="left")
+    hi = torch.searchsorted(sorted_dN, x_dN, side="right")
+    return ((lo + hi + 1).to(torch.float32) * 0.5).t()
+
+
+def rank_features(x_Nd: Tensor) -> Tensor:
+    """MANDERA's node features (mean rank, rank spread), in units of the honest rank spread.
+
+    Both are centred on their value for exchangeable (honest, identically distributed) rows:
+    column 0 is (mean rank - (N + 1) / 2) / s and column 1 is (std of ranks) / s - 1, where
+    s = sqrt((N^2 - 1) / 12) is the standard deviation of a uniform rank. Fixed (not
+    data-dependent) normalisation keeps a round of honest nodes a tight blob near the origin,
+    where z-scoring across nodes would blow honest noise up to unit scale.
+
+    Returns:
+        (N, 2) float64 features.
+    """
+    n = x_Nd.shape[0]
+    ranks_Nd = average_ranks(x_Nd).to(torch.float64)
+    centre = (n + 1) / 2
+    spread = math.sqrt(max(n * n - 1, 1) / 12)
+    mean_N = ranks_Nd.mean(dim=1)
+    std_N = ranks_Nd.std(dim=1, correction=0)
+    return torch.stack([(mean_N - centre) / spread, std_N / spread - 1.0], dim=1)

@@ -1,0 +1,129 @@
+"""``DistributedTrainer``: a thin Python facade over the config and the round loop.
+
+from trustworthy_dl import DistributedTrainer
+trainer = DistributedTrainer(model_name="cnn", num_nodes=8, trust_threshold=0.7)
+result = trainer.train(dataset="digits", epochs=20)
+result.summary["final"]["test_accuracy"]; result.history[-1]["loss"]
+trainer.trust_manager.scores; trainer.attacker.byzantine_ids   # the last run's components
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trustworthy_dl.config import Config, apply_overrides, config_from_dict, read_yaml
+
+if TYPE_CHECKING:
+    from trustworthy_dl.attacks import AdversarialAttacker
+    from trustworthy_dl.trust import TrustManager
+
+__all__ = ["DistributedTrainer", "TrainResult"]
+
+# facade keyword -> dotted config field
+_INIT_FIELDS = {
+    "model_name": "model.name",
+    "model_size": "model.size",
+    "num_nodes": "distributed.num_nodes",
+    "parallelism": "distributed.parallelism",
+    "backend": "distributed.backend",
+    "trust_threshold": "security.trust_threshold",
+    "attack_detection": "security.attack_detection",
+    "gradient_verification": "security.gradient_verification",
+    "aggregator": "aggregation.name",
+    "attack": "attack.name",
+    "num_byzantine": "attack.num_byzantine",
+    "seed": "seed",
+}
+_TRAIN_FIELDS = {
+    "dataset": "data.name",
+    "data_root": "data.root",
+    "partition": "data.partition",
+    "epochs": "training.num_epochs",
+    "batch_size": "training.batch_size",
+    "learning_rate": "training.learning_rate",
+    "max_rounds": "training.max_rounds",
+}
+
+
+@dataclass
+class TrainResult:
+    """``history``: one dict per round (as in metrics.jsonl); ``summary``: as in summary.json."""
+
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+    out_dir: Path | None
+    config: Config
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for k in parents:
+        node = node.setdefault(k, {})
+    node[leaf] = value
+
+
+class DistributedTrainer:
+    """Train a model across simulated (or torchrun) nodes, some possibly Byzantine.
+
+    Args:
+        config: a :class:`Config`, a dict or a YAML path to start from (default: the quickstart).
+        overrides: dotted ``section.key=value`` strings applied after the keywords.
+        **kwargs: shortcuts (``model_name``, ``num_nodes``, ``trust_threshold``, ``aggregator``,
+            ``attack``, ``num_byzantine``, ``attack_detection``, ``seed``, ...).
+    """
+
+    def __init__(
+        self,
+        config: Config | dict[str, Any] | str | Path | None = None,
+        *,
+        overrides: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(config, Config):
+            base = config.to_dict()
+        elif isinstance(config, (str, Path)):
+            base = read_yaml(config)
+        else:
+            base = copy.deepcopy(config or {})
+        unknown = sorted(set(kwargs) - set(_INIT_FIELDS))
+        if unknown:
+            raise TypeError(
+                f"unknown DistributedTrainer argument(s) {unknown}; valid: {sorted(_INIT_FIELDS)}"
+            )
+        for key, value in kwargs.items():
+            _set(base, _INIT_FIELDS[key], value)
+        apply_overrides(base, list(overrides or []))
+        self._base = base
+        self.config = config_from_dict(copy.deepcopy(base))  # validate now: errors surface at construction
+        self.trust_manager: TrustManager | None = None
+        self.attacker: AdversarialAttacker | None = None
+
+    def train(
+        self,
+        dataset: str | None = None,
+        epochs: int | None = None,
+        *,
+        out_dir: str | Path | None = None,
+        write: bool = True,
+        overrides: list[str] | None = None,
+        **kwargs: Any,
+    ) -> TrainResult:
+        """Run training; keyword shortcuts: dataset, epochs, batch_size, learning_rate, max_rounds, partition."""
+        from trustworthy_dl.engine.run import run_experiment
+
+        data = copy.deepcopy(self._base)
+        kwargs.update({k: v for k, v in (("dataset", dataset), ("epochs", epochs)) if v is not None})
+        unknown = sorted(set(kwargs) - set(_TRAIN_FIELDS))
+        if unknown:
+            raise TypeError(f"unknown train() argument(s) {unknown}; valid: {sorted(_TRAIN_FIELDS)}")
+        for key, value in kwargs.items():
+            _set(data, _TRAIN_FIELDS[key], value)
+        apply_overrides(data, list(overrides or []))
+        cfg = config_from_dict(data)
+        result = run_experiment(cfg, out_dir=out_dir, write=write)
+        self.trust_manager, self.attacker = result.experiment.trust, result.experiment.adversary
+        return TrainResult(history=result.history, summary=result.summary, out_dir=result.out_dir, config=cfg)

@@ -1,0 +1,189 @@
+"""The shared kernels of the aggregation package against float64 brute-force references.
+
+Gram matrix (centred, blocked, float64 accumulation), sorting networks (median, trimmed mean,
+Bulyan's window), the mixing path of the block driver, and MDA's diameter search.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from trustworthy_dl.aggregation._gram import FAR_NORM, centred_gram
+from trustworthy_dl.aggregation._rows import Rows
+from trustworthy_dl.aggregation._sortnet import (
+    batcher_network,
+    bulyan_coordinates,
+    coordinate_median,
+    median_plan,
+    sort_plan,
+    trimmed_mean_coordinates,
+    trimmed_plan,
+)
+from trustworthy_dl.aggregation.mda import min_diameter_subset
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- sorting networks
+
+
+@pytest.mark.parametrize("n", range(1, 19))
+def test_batcher_network_sorts_every_01_input(n: int) -> None:
+    # 0-1 principle: a comparator network sorts every input iff it sorts every 0/1 input.
+    comps = batcher_network(n)
+    for bits in range(1 << min(n, 12)):
+        v = [(bits >> i) & 1 for i in range(n)]
+        for a, b in comps:
+            if v[a] > v[b]:
+                v[a], v[b] = v[b], v[a]
+        assert v == sorted(v)
+
+
+def _run_plan(plan, X: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+    buf = torch.cat([X, torch.empty(1, X.shape[1])])
+    r = list(buf.unbind(0))
+    for fn, x, y, o in plan.ops:
+        fn(r[x], r[y], out=r[o])
+    return [r[i] for i in plan.wire_row]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 11, 16, 17, 32])
+def test_plans_match_torch_sort(n: int) -> None:
+    X = torch.randn(n, 300, generator=_gen(n))
+    S = X.sort(0).values
+    wires = _run_plan(median_plan(n), X)
+    assert torch.equal(wires[(n - 1) // 2], S[(n - 1) // 2])
+    assert torch.equal(wires[n // 2], S[n // 2])
+    assert torch.equal(torch.stack(_run_plan(sort_plan(n), X)), S)
+    for f in range((n + 1) // 2):
+        mid = torch.stack(_run_plan(trimmed_plan(n, f), X)[f : n - f]).sort(0).values
+        assert torch.equal(mid, S[f : n - f]), f
+
+
+def test_pruned_median_is_cheaper_than_a_full_sort() -> None:
+    assert len(median_plan(16).ops) < 2 * len(batcher_network(16))
+    assert len(trimmed_plan(16, 1).ops) < len(trimmed_plan(16, 7).ops) + 2 * len(batcher_network(16))
+
+
+@pytest.mark.parametrize("block", [7, 64, None])
+@pytest.mark.parametrize("n", [5, 8, 13])
+def test_coordinate_statistics_across_blocks(n: int, block: int | None) -> None:
+    X = torch.randn(n, 200, generator=_gen(n))
+    S = X.double().sort(0).values
+    med, shares = coordinate_median(Rows(X), block=block)
+    torch.testing.assert_close(med.double(), (S[(n - 1) // 2] + S[n // 2]) / 2)
+    assert shares.shape == (n,) and abs(float(shares.sum()) - 1) < 1e-9
+    for f in (0, 1, (n - 1) // 2):
+        tm, _ = trimmed_mean_coordinates(Rows(X), f, block=block)
+        torch.testing.assert_close(tm.double(), S[f : n - f].mean(0), atol=1e-6, rtol=1e-6)
+
+
+def test_bulyan_window_is_the_beta_values_closest_to_the_median() -> None:
+    X = torch.randn(9, 500, generator=_gen(3))
+    sel = torch.tensor([1, 1, 0, 1, 1, 1, 0, 1, 1], dtype=torch.bool)
+    beta = 3
+    out, _ = bulyan_coordinates(Rows(X), sel, beta, block=64)
+    S = X[sel].double()
+    med = S.median(0).values  # theta = 7 is odd
+    idx = (S - med).abs().argsort(0)[:beta]
+    torch.testing.assert_close(out.double(), S.gather(0, idx).mean(0), atol=1e-6, rtol=1e-6)
+
+
+def test_nan_and_inf_rows_are_trimmed_not_propagated() -> None:
+    X = torch.randn(7, 50, generator=_gen(1))
+    X[0] = float("nan")
+    X[3, ::2] = float("inf")
+    X[3, 1::2] = -float("inf")
+    med, shares = coordinate_median(Rows(X))
+    tm, _ = trimmed_mean_coordinates(Rows(X), 2)
+    assert torch.isfinite(med).all() and torch.isfinite(tm).all()
+    assert shares[0] == 0  # a NaN row is never a middle value
+
+
+def test_mixing_path_keeps_nan_rows_out_of_clean_mixtures() -> None:
+    X = torch.randn(5, 40, generator=_gen(2))
+    X[4, 3] = float("nan")
+    C = torch.tensor([[0.5, 0.5, 0, 0, 0], [0, 0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5, 0], [0, 0, 0, 0.5, 0.5]])
+    rows = Rows(X).mix(C, torch.full((4,), 0.25, dtype=torch.float64), "test")
+    med, _ = coordinate_median(rows, block=16)
+    Y = C.double() @ torch.nan_to_num(X.double(), nan=0.0)
+    Y[3, :16] = float("inf")  # only the mixture that holds the NaN is poisoned, in its block only
+    S = Y.sort(0).values
+    torch.testing.assert_close(med.double(), (S[1] + S[2]) / 2, atol=1e-6, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- Gram matrix
+
+
+def test_gram_matches_float64_reference_on_close_rows() -> None:
+    # Rows share a large common component: the uncentred float32 shortcut loses accuracy here.
+    g = _gen(0)
+    D = 300_000
+    X = (torch.randn(1, D, generator=g) * 10 + 0.01 * torch.randn(6, D, generator=g)).float()
+    ref = torch.cdist(X.double(), X.double()).square()
+    geo = centred_gram(X, block=4096)
+    got = geo.sq_dists()
+    off = ~torch.eye(6, dtype=torch.bool)
+    rel = ((got - ref).abs()[off] / ref[off]).max()
+    assert rel < 1e-5, float(rel)
+    naive = X @ X.T
+    d = naive.diagonal()
+    naive_d2 = (d[:, None] + d[None, :] - 2 * naive).double()
+    assert ((naive_d2 - ref).abs()[off] / ref[off]).max() > 10 * rel  # the point of centring
+    torch.testing.assert_close(geo.sq_norms(), X.double().square().sum(1), rtol=1e-5, atol=0)
+
+
+def test_gram_handles_far_rows_and_extras() -> None:
+    X = torch.randn(5, 100, generator=_gen(4))
+    X[1, 7] = float("nan")
+    X[2] = 1e30
+    X[3, 0] = float("inf")
+    E = torch.randn(1, 100, generator=_gen(5))
+    geo = centred_gram(X, E, block=32)
+    assert geo.far.tolist() == [False, True, True, True, False, False]
+    d = geo.sq_dists()
+    assert torch.isinf(d[0, 1]) and d[1, 1] == 0
+    ok = torch.tensor([0, 4])
+    P = torch.cat([X[ok], E]).double()
+    torch.testing.assert_close(d[[0, 4, 5]][:, [0, 4, 5]], torch.cdist(P, P).square(), atol=1e-9, rtol=1e-5)
+    assert 1e30 * 10 > FAR_NORM
+
+
+def test_geometry_of_mixtures_and_scalings() -> None:
+    X = torch.randn(4, 64, generator=_gen(6)).double()
+    C = torch.tensor([[0.5, 0.5, 0, 0], [0, 0, 2.0, 0], [0.2, 0.3, 0.1, 0.4]], dtype=torch.float64)
+    geo = centred_gram(X).mixed(C)
+    Y = C @ X
+    torch.testing.assert_close(geo.sq_dists(), torch.cdist(Y, Y).square(), atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(geo.sq_norms(), Y.square().sum(1), atol=1e-9, rtol=1e-9)
+    e = torch.tensor([0.3, -0.1, 0.5], dtype=torch.float64)  # any combination, even off-affine
+    z = e @ Y
+    torch.testing.assert_close(geo.sq_dists_to(e), (Y - z).square().sum(1), atol=1e-9, rtol=1e-9)
+
+
+# --------------------------------------------------------------------------- MDA search
+
+
+@pytest.mark.parametrize("n,f", [(5, 1), (7, 3), (10, 2), (12, 4), (13, 6)])
+def test_mda_search_finds_the_brute_force_diameter(n: int, f: int) -> None:
+    for seed in range(3):
+        X = torch.randn(n, 6, generator=_gen(seed * 100 + n)).double()
+        X[: f // 2] += 5  # a few outliers
+        d2 = torch.cdist(X, X).square()
+        best = min(
+            float(d2[list(S)][:, list(S)].max()) for S in itertools.combinations(range(n), n - f)
+        )
+        mask, diam2, exact = min_diameter_subset(d2, f)
+        assert exact and int(mask.sum()) == n - f
+        assert diam2 == pytest.approx(best, rel=1e-12)
+
+
+def test_mda_search_is_fast_for_large_n() -> None:
+    X = torch.randn(64, 50, generator=_gen(9)).double()
+    mask, _, exact = min_diameter_subset(torch.cdist(X, X).square(), 15)
+    assert exact and int(mask.sum()) == 49

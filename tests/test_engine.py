@@ -1,0 +1,201 @@
+"""The round loop: per-node gradients, end-to-end runs, determinism, output files, backends agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trustworthy_dl import DistributedTrainer
+from trustworthy_dl.cli import main
+from trustworthy_dl.config import config_from_dict, load_config
+from trustworthy_dl.engine.flat import FlatModel
+from trustworthy_dl.engine.node_compute import NodeComputer
+from trustworthy_dl.engine.run import run_experiment
+from trustworthy_dl.engine.task import Task
+from trustworthy_dl.errors import ConfigError
+from trustworthy_dl.models import get_model
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {
+    "training": {"num_epochs": 1, "max_rounds": 4, "batch_size": 8},
+    "distributed": {"num_nodes": 4},
+    "output": {"progress": False, "plots": False},
+}
+
+
+def _cfg(**sections):  # type: ignore[no-untyped-def]
+    data = json.loads(json.dumps(SMALL))
+    for k, v in sections.items():
+        data.setdefault(k, {}).update(v) if isinstance(v, dict) else data.__setitem__(k, v)
+    return config_from_dict(data)
+
+
+def test_flat_params_are_views_of_one_vector() -> None:
+    torch.manual_seed(0)
+    model = get_model("cnn", num_classes=10, in_channels=1, image_size=8)
+    flat = FlatModel(model)
+    assert flat.num_params == sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        flat.params_D.zero_()
+    assert all(float(p.detach().abs().sum()) == 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+def test_node_rows_are_each_nodes_gradient(mode: str) -> None:
+    torch.manual_seed(0)
+    model = get_model("cnn", num_classes=10, in_channels=1, image_size=8)
+    flat = FlatModel(model)
+    comp = NodeComputer(flat, Task("image"), mode=mode)
+    g = torch.Generator().manual_seed(1)
+    batches = [
+        (torch.randn(5, 1, 8, 8, generator=g), torch.randint(0, 10, (5,), generator=g)) for _ in range(3)
+    ]
+    out = torch.empty(3, flat.num_params)
+    losses = comp.compute(batches, out)
+    for i, (x, y) in enumerate(batches):
+        model.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        ref = torch.cat([p.grad.reshape(-1) for p in flat.params])
+        torch.testing.assert_close(out[i], ref, rtol=1e-5, atol=1e-6)
+        assert float(losses[i]) == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_end_to_end_run_writes_every_file(tmp_path: Path) -> None:
+    cfg = _cfg(output={"plots": True, "progress": False})
+    res = run_experiment(cfg, out_dir=tmp_path / "run")
+    out = tmp_path / "run"
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4 == res.summary["rounds"]
+    rec = json.loads(lines[0])
+    assert {"round", "loss", "lr", "time"} <= set(rec) and rec["time"]["compute"] > 0
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("test_accuracy", "test_loss", "perplexity"):
+        assert key in summary["final"]
+    assert summary["final"]["test_accuracy"] is not None and summary["final"]["perplexity"] is None
+    assert summary["rounds"] == 4 and summary["wall_s"] > 0 and summary["peak_memory_mb"] > 0
+    assert summary["throughput"]["samples_per_s"] > 0 and summary["simulated"] is True
+    assert (
+        (out / "config.yaml").is_file() and (out / "loss.png").is_file() and (out / "accuracy.png").is_file()
+    )
+    assert load_config(out / "config.yaml").distributed.num_nodes == 4  # the resolved config reloads
+
+
+def test_same_seed_same_metrics() -> None:
+    a = run_experiment(_cfg(seed=3), write=False).history
+    b = run_experiment(_cfg(seed=3), write=False).history
+    c = run_experiment(_cfg(seed=4), write=False).history
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert [r["loss"] for r in a] != [r["loss"] for r in c]
+
+
+def test_existing_run_is_never_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    run_experiment(_cfg(), out_dir=out)
+    before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run_experiment(_cfg(), out_dir=out)
+    code = main(["run", "--quiet", "--out", str(out), "--set", "training.max_rounds=2"])
+    assert code == 2 and "already holds a run" in capsys.readouterr().err
+    assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_facade_trains_and_exposes_components() -> None:
+    trainer = DistributedTrainer(
+        model_name="cnn", num_nodes=4, trust_threshold=0.7, overrides=["output.progress=false"]
+    )
+    result = trainer.train(dataset="digits", epochs=1, max_rounds=3, write=False)
+    assert len(result.history) == 3 and result.summary["num_nodes"] == 4
+    assert trainer.trust_manager is not None and trainer.attacker is not None
+    with pytest.raises(TypeError, match="valid"):
+        DistributedTrainer(num_nodez=3)
+    with pytest.raises(ConfigError):
+        DistributedTrainer(num_nodes=0)
+
+
+def test_gpt2_tiny_run_reports_perplexity() -> None:
+    cfg = config_from_dict(
+        {
+            "model": {"name": "gpt2", "size": "tiny"},
+            "data": {"name": "text", "block_size": 16, "max_train_samples": 256, "max_test_samples": 32},
+            "training": {"batch_size": 2, "max_rounds": 3, "optimizer": "adamw", "learning_rate": 1e-3},
+            "distributed": {"num_nodes": 2},
+            "output": {"progress": False, "plots": False},
+        }
+    )
+    res = run_experiment(cfg, write=False)
+    ppl = res.summary["final"]["perplexity"]
+    assert ppl is not None and 1 < ppl < 1000
+
+
+def test_unsupported_parallelism_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="parallelism"):
+        run_experiment(_cfg(distributed={"parallelism": "model"}), write=False)
+
+
+@pytest.mark.distributed
+def test_torchrun_matches_simulated(tmp_path: Path) -> None:
+    """Two processes over gloo on loopback give the simulated run's per-round losses."""
+    overrides = ["training.max_rounds=5", "training.batch_size=8", "output.plots=false"]
+    sets = [a for o in overrides for a in ("--set", o)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    sim = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trustworthy_dl",
+            "run",
+            "configs/quickstart.yaml",
+            "--quiet",
+            "--out",
+            str(tmp_path / "sim"),
+            *sets,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert sim.returncode == 0, sim.stderr
+    dist = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "trustworthy_dl",
+            "run",
+            "configs/quickstart.yaml",
+            "--quiet",
+            "--out",
+            str(tmp_path / "dist"),
+            *sets,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert dist.returncode == 0, dist.stderr[-3000:]
+    read = lambda d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    a, b = read("sim"), read("dist")
+    assert len(a) == len(b) == 5
+    for ra, rb in zip(a, b):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-6)
+    summary = json.loads((tmp_path / "dist" / "summary.json").read_text())
+    assert summary["backend"] == "torch.distributed/gloo" and summary["processes"] == 2
+    assert summary["final"]["test_accuracy"] == pytest.approx(
+        json.loads((tmp_path / "sim" / "summary.json").read_text())["final"]["test_accuracy"], abs=1e-6
+    )

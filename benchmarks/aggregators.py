@@ -56,30 +56,45 @@ RULES = [
 ]
 
 
-def _import_byzfl() -> Any:
-    """``byzfl`` or None; stubs torchvision (imported by byzfl.benchmark, unused here)."""
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        tv = types.ModuleType("torchvision")
-        tv.datasets = types.ModuleType("torchvision.datasets")  # type: ignore[attr-defined]
-        tv.transforms = types.ModuleType("torchvision.transforms")  # type: ignore[attr-defined]
-        tv.models = types.ModuleType("torchvision.models")  # type: ignore[attr-defined]
-        sys.modules.update(
-            {
-                "torchvision": tv,
-                "torchvision.datasets": tv.datasets,  # type: ignore[attr-defined]
-                "torchvision.transforms": tv.transforms,  # type: ignore[attr-defined]
-                "torchvision.models": tv.models,  # type: ignore[attr-defined]
-            }
-        )
-    try:
-        import byzfl
+class _Stub(types.ModuleType):
+    """A stand-in module: any attribute is another stub (byzfl only touches torchvision at import)."""
 
-        return byzfl
-    except Exception as e:  # any import problem: skip the column
-        print(f"# ByzFL not importable ({type(e).__name__}: {e}); its column is skipped", file=sys.stderr)
-        return None
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        sub = _Stub(f"{self.__name__}.{name}")
+        setattr(self, name, sub)
+        return sub
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self
+
+
+_STUBBABLE = ("torchvision", "seaborn")  # imported by byzfl's training / plotting code, unused here
+
+
+def _import_byzfl() -> Any:
+    """``byzfl`` or None. Missing torchvision / seaborn are stubbed (``pip install byzfl --no-deps``)."""
+    for _ in range(len(_STUBBABLE) + 1):
+        try:
+            import byzfl
+
+            return byzfl
+        except ModuleNotFoundError as e:
+            root = (e.name or "").split(".")[0]
+            if root not in _STUBBABLE or root in sys.modules:
+                print(f"# ByzFL not importable ({e}); its column is skipped", file=sys.stderr)
+                return None
+            for mod in [m for m in sys.modules if m == "byzfl" or m.startswith("byzfl.")]:
+                del sys.modules[mod]
+            stub = _Stub(root)
+            sys.modules[root] = stub
+            for sub in ("datasets", "transforms", "models"):
+                sys.modules[f"{root}.{sub}"] = getattr(stub, sub)
+        except Exception as e:  # any other import problem: skip the column
+            print(f"# ByzFL not importable ({type(e).__name__}: {e}); its column is skipped", file=sys.stderr)
+            return None
+    return None
 
 
 def _ours(name: str, f: int) -> Any:

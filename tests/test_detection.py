@@ -69,6 +69,16 @@ def test_average_ranks_columns_sum_and_argsort_agreement():
     assert torch.equal(r, (x.argsort(0).argsort(0) + 1).float())  # no ties: plain ranks
 
 
+@pytest.mark.parametrize("n", [5, 40])  # pairwise-sign path and sort path
+def test_average_ranks_match_brute_force(n):
+    g = torch.Generator().manual_seed(n)
+    x = torch.randint(0, 6, (n, 300), generator=g).float()  # many ties
+    x[1] = x[0]
+    less = (x.unsqueeze(0) < x.unsqueeze(1)).sum(1)
+    equal = (x.unsqueeze(0) == x.unsqueeze(1)).sum(1)
+    assert torch.equal(average_ranks(x), less + (equal + 1) / 2)
+
+
 def test_rank_features_zero_for_exchangeable_extremes():
     x = torch.randn(8, 10_000)
     f = rank_features(x)
@@ -161,6 +171,15 @@ def test_detector_nonfinite_rows_flagged_with_full_evidence():
     assert res.flags_N[[2, 9]].all() and res.evidence_N[[2, 9]].tolist() == [1.0, 1.0]
     assert math.isinf(res.scores_N[2]) and int(res.flags_N.sum()) == 2
     assert finite_rows(x).sum() == N - 2
+
+
+def test_detector_degenerate_inputs():
+    det = Stage1Detector()
+    assert det.inspect(torch.full((4, 10), float("nan"))).flags_N.all()
+    assert not det.inspect(torch.randn(2, 10)).flags_N.any()  # two rows: nobody can be told apart
+    assert not det.inspect(torch.zeros(6, 10)).flags_N.any()  # all identical: no majority to deviate from
+    with pytest.raises(ValueError, match="\\(N, D\\)"):
+        det.inspect(torch.randn(10))
 
 
 def test_detector_combination_rules():

@@ -68,6 +68,18 @@ def test_select_flagged_probation_watched_and_spot_checks():
     assert no_probation.select(flags, active, 0) == [1]
 
 
+def test_select_suspects_by_stage1_score():
+    scores = torch.tensor([0.1, 0.7, 0.9, 0.6, 0.2, 0.55, 0.3, 2.0])
+    flags = bmask(N, 7)
+    one = GradientVerifier(spot_check_fraction=0.0)  # cap ceil(8 / 8) = 1
+    assert one.select(flags, torch.ones(N, dtype=torch.bool), 0, scores_N=scores) == [2, 7]
+    assert one.last_selection == {2: "suspect", 7: "flagged"}
+    three = GradientVerifier(spot_check_fraction=0.0, max_suspects=3, suspect_score=0.65)
+    assert three.select(flags, torch.ones(N, dtype=torch.bool), 0, scores_N=scores) == [1, 2, 7]
+    none = GradientVerifier(spot_check_fraction=0.0, max_suspects=0)
+    assert none.select(flags, torch.ones(N, dtype=torch.bool), 0, scores_N=scores) == [7]
+
+
 def test_spot_check_fraction_respected_and_seeded():
     n, rounds, frac = 20, 2000, 0.15
     v = GradientVerifier(spot_check_fraction=frac, seed=3)
@@ -116,6 +128,7 @@ def test_verdict_verification_overrides_stage1():
     assert verdict.cleared_N.nonzero().flatten().tolist() == [1, 6]
     assert verdict.positive_N.nonzero().flatten().tolist() == [0, 3, 7]
     assert verdict.info["flagged"] == [0, 1, 3]
+    assert verdict.aggregate_mask(~bmask(N, 5)).nonzero().flatten().tolist() == [1, 2, 4, 6]
     assert make_verdict(N).evidence_N.sum() == 0
 
 

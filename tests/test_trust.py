@@ -80,9 +80,9 @@ def test_weights_state_dict_and_summary():
 
 
 def test_validation_names_the_value():
-    with pytest.raises(ConfigError, match="decay_rate must be in \\[0, 1\\], got 1.5"):
+    with pytest.raises(ConfigError, match=r"decay_rate must be in \[0, 1\], got 1\.5"):
         TrustManager(3, decay_rate=1.5)
-    with pytest.raises(ConfigError, match="initial_trust=0.5 is below threshold=0.7"):
+    with pytest.raises(ConfigError, match=r"initial_trust=0\.5 is below threshold=0\.7"):
         TrustManager(3, initial_trust=0.5)
     with pytest.raises(ConfigError, match="never be reinstated"):
         TrustManager(3, threshold=0.99, reinstate_margin=0.05)
@@ -130,6 +130,7 @@ def test_moves_to_least_loaded_and_returns_home():
         (2, 2, 3, "inactive", 5),
     ]
     assert s.assignment() == [[0, 1], [], [], [2, 3]]
+    assert s.home_shards(1) == [1] and s.holder_of(1) == 0
     assert all(e.seconds >= 0 for e in events)
     assert s.reassign(mask(4, 1, 2)) == []  # stable: nothing more to move
     back = s.reassign(mask(4, 2))

@@ -2,6 +2,7 @@
 
     tdl run [CONFIG] [--set section.key=value ...] [--out DIR] [--quiet]
     tdl launch -n K [CONFIG] [...]      # the same run, one process per rank under torchrun
+    tdl sweep CONFIG --grid key=v1,v2 [--grid ...] --out DIR [--jobs K]
     tdl validate CONFIG [--set ...]     # parse and validate only
     tdl report RUN_DIR                  # print a finished run's headline figures
     tdl list models|datasets|aggregators|attacks
@@ -49,6 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     launch.add_argument("-n", "--nproc", type=int, default=2, help="processes on this machine")
     config_args(launch)
     launch.add_argument("--out", help="output directory")
+
+    sweep = sub.add_parser("sweep", help="run a config over a grid of overrides and tabulate the results")
+    config_args(sweep)
+    sweep.add_argument(
+        "--grid", action="append", default=[], metavar="KEY=V1,V2", help="one axis of the grid (repeatable)"
+    )
+    sweep.add_argument("--out", required=True, help="sweep directory (one sub-directory per grid point)")
+    sweep.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each)")
+    sweep.add_argument("--columns", help="comma-separated columns of the printed table")
 
     val = sub.add_parser("validate", help="validate a config and print it resolved")
     config_args(val)
@@ -105,6 +115,17 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env=env)
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from trustworthy_dl.engine.sweep import markdown_table, run_sweep
+
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    rows = run_sweep(
+        args.config, args.grid, out=Path(args.out), overrides=args.overrides, jobs=args.jobs, columns=columns
+    )
+    print(markdown_table(rows, columns), end="")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     import yaml
 
@@ -148,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {
         "run": _cmd_run,
         "launch": _cmd_launch,
+        "sweep": _cmd_sweep,
         "validate": _cmd_validate,
         "report": _cmd_report,
         "list": _cmd_list,

@@ -32,12 +32,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from trustworthy_dl.aggregation._parallel import map_column_chunks
 from trustworthy_dl.aggregation._rows import Rows
 
 __all__ = ["SORT_BLOCK", "bulyan_coordinates", "coordinate_median", "trimmed_mean_coordinates"]
 
-#: Columns per block: (M + 1) rows of this many float32 fit in L2 cache for M <= 16.
-SORT_BLOCK = 1 << 14
+#: Columns per block (M + 1 rows of this many float32 stay in L2/L3 cache).
+SORT_BLOCK = 1 << 15
 #: Column blocks on which the per-node shares of the aggregate are measured.
 SHARE_BLOCKS = 8
 
@@ -153,37 +154,58 @@ def _run(
     """
     X, D = rows.X, rows.D
     coef = rows.coef
+    idx = None
     if sel is not None:
         idx = sel.nonzero().flatten()
         if coef is not None:
             coef = coef.index_select(0, idx)
-    M = plan.n
+            idx = None
     B = min(block or SORT_BLOCK, D)
+    out = torch.empty(D, dtype=X.dtype, device=X.device)
+    sampled = _share_blocks(-(-D // B))
+    coef_t = None if coef is None else coef.to(X.dtype)
+
+    def chunk(start: int, stop: int) -> Tensor:
+        return _run_chunk(X, coef_t, idx, plan, reduce, out, sampled, start, stop, B)
+
+    counts = torch.stack(map_column_chunks(chunk, D, B, X.device)).sum(0)
+    return out, counts
+
+
+def _run_chunk(
+    X: Tensor,
+    coef: Tensor | None,
+    idx: Tensor | None,
+    plan: Plan,
+    reduce: Reduce,
+    out: Tensor,
+    sampled: set[int],
+    start: int,
+    stop: int,
+    B: int,
+) -> Tensor:
+    M = plan.n
     dev, dt = X.device, X.dtype
     buf = torch.empty(M + 1, B, dtype=dt, device=dev)
-    out = torch.empty(D, dtype=dt, device=dev)
-    counts = torch.zeros(M, dtype=torch.float64, device=dev)
     orig = torch.empty(M, B, dtype=dt, device=dev)
-    coef_t = None if coef is None else coef.to(dt)
-    nblocks = -(-D // B)
-    sampled = _share_blocks(nblocks)
-    for bi in range(nblocks):
-        s = bi * B
-        e = min(D, s + B)
+    counts = torch.zeros(M, dtype=torch.float64, device=dev)
+    full = list(buf.unbind(0))
+    for s in range(start, stop, B):
+        e = min(stop, s + B)
         w = e - s
         Xb = X[:, s:e]
         Yb = buf[:M, :w]
-        if coef_t is not None:
-            _mix_block(Xb, coef_t, Yb)
-        elif sel is not None:
+        if coef is not None:
+            _mix_block(Xb, coef, Yb)
+        elif idx is not None:
             torch.index_select(Xb, 0, idx, out=Yb)
             torch.nan_to_num(Yb, nan=_INF, posinf=_INF, neginf=-_INF, out=Yb)
         else:
             torch.nan_to_num(Xb, nan=_INF, posinf=_INF, neginf=-_INF, out=Yb)
-        sample = bi in sampled
+        sample = s // B in sampled
         if sample:
             orig[:, :w].copy_(Yb)
-        r = list(buf[:, :w].unbind(0))
+        r = full if w == B else [t[:w] for t in full]
         for fn, x, y, o in plan.ops:
             fn(r[x], r[y], out=r[o])
         rng = reduce([r[i] for i in plan.wire_row], out[s:e], sample)
@@ -191,7 +213,7 @@ def _run(
             lo, hi = rng
             ob = orig[:, :w]
             counts += ((ob >= lo) & (ob <= hi)).sum(1, dtype=torch.float64)
-    return out, counts
+    return counts
 
 
 def _mix_block(Xb: Tensor, coef: Tensor, Yb: Tensor) -> None:
@@ -267,36 +289,40 @@ def bulyan_coordinates(rows: Rows, sel_M: Tensor, beta: int, *, block: int | Non
     values closest to the median.
 
     The beta closest values form a window of the sorted column; among the windows
-    [k, k + beta - 1], k = 0 .. theta - beta, we keep the one whose farther end is closest to the
-    median. Returns (value_D, shares over the selected rows).
+    [k, k + beta - 1], k = 0 .. theta - beta, the best is the one whose farther end is closest to
+    the median. Windows within float rounding (1e-6, relative) of the best are averaged: with
+    duplicate values (colluding nodes, NNM mixtures) several windows tie exactly, and the choice
+    must not depend on rounding or on the order of the nodes. Returns (value_D, shares over the
+    selected rows).
     """
     theta = int(sel_M.sum())
     plan = sort_plan(theta)
     lo_w, hi_w = (theta - 1) // 2, theta // 2
+    nwin = theta - beta + 1
 
     def reduce(s: list[Tensor], out_b: Tensor, sample: bool) -> tuple[Tensor, Tensor] | None:
         med = (s[lo_w] + s[hi_w]) * 0.5
-        best_cost = best_k = None
-        for k in range(theta - beta + 1):
-            cost = torch.maximum(med - s[k], s[k + beta - 1] - med)
-            if best_cost is None:
-                best_cost, best_k = cost, torch.zeros_like(cost)
-            else:
-                better = cost < best_cost
-                best_cost = torch.where(better, cost, best_cost)
-                best_k = torch.where(better, float(k), best_k)  # type: ignore[arg-type]
-        assert best_k is not None
+        costs = [torch.maximum(med - s[k], s[k + beta - 1] - med) for k in range(nwin)]
+        best = costs[0].clone()
+        for c in costs[1:]:
+            torch.minimum(best, c, out=best)
+        tol = (med.abs() + best) * 1e-6
+        best.add_(tol)
         out_b.zero_()
+        count = torch.zeros_like(med)
         lo = torch.full_like(med, _INF) if sample else None
         hi = torch.full_like(med, -_INF) if sample else None
-        for t in range(theta):
-            # wire t is in the window iff best_k <= t <= best_k + beta - 1
-            inside = (best_k <= t) & (best_k >= t - beta + 1)
-            out_b.add_(torch.where(inside, s[t], 0.0))
+        for k in range(nwin):
+            tied = costs[k] <= best
+            win = s[k].clone()
+            for t in range(k + 1, k + beta):
+                win.add_(s[t])
+            out_b.add_(torch.where(tied, win, 0.0))
+            count.add_(tied)
             if sample:
-                torch.minimum(lo, torch.where(inside, s[t], _INF), out=lo)  # type: ignore[arg-type]
-                torch.maximum(hi, torch.where(inside, s[t], -_INF), out=hi)  # type: ignore[arg-type]
-        out_b.mul_(1.0 / beta)
+                torch.minimum(lo, torch.where(tied, s[k], _INF), out=lo)  # type: ignore[arg-type]
+                torch.maximum(hi, torch.where(tied, s[k + beta - 1], -_INF), out=hi)  # type: ignore[arg-type]
+        out_b.div_(count.mul_(beta))
         return (lo, hi) if sample else None  # type: ignore[return-value]
 
     out, counts = _run(rows, plan, reduce, sel=sel_M, block=block)

@@ -2,9 +2,9 @@
 Guerraoui, Gupta, Jellouli, Rizk, Stephan, "The vital role of gradient clipping in
 Byzantine-resilient distributed learning", 2024, arXiv:2405.14432).
 
-* ``clip`` (static): ``x_i <- x_i * min(1, c / |x_i|)``. Tolerance: none of its own.
-* ``arc``: with k = floor(2 (f / n) (n - f)), clip the k rows of largest norm to the norm of the
-  (k + 1)-th largest. Tolerance: 2f < n.
+* ``clip`` (static). Rule: ``x_i <- x_i * min(1, c / |x_i|)``. Tolerance: none of its own.
+* ``arc``. Rule: with k = floor(2 (f / n) (n - f)), clip the k rows of largest norm to the norm of
+  the (k + 1)-th largest. Tolerance: 2f < n.
 
 Both only scale rows, so they record a diagonal mixing matrix (``_rows``) and read the data once
 for the norms (or reuse the Gram matrix of an earlier stage). The weights of the result are then

@@ -3,14 +3,15 @@ adversaries: Byzantine tolerant gradient descent", NeurIPS 2017).
 
 Rule: the score of row i is the sum of its squared distances to its n - f - 2 nearest other rows.
 Krum returns the row with the lowest score; Multi-Krum averages the m rows with the lowest scores
-(m = n - f by default), weighted by ``weights_N``.
+(m = n - f by default), weighted by ``weights_N``. Exact ties (duplicate rows, e.g. colluding nodes
+sending one vector) are shared: Krum averages its tied minimisers, Multi-Krum splits the last
+places among the rows tied at the m-th score.
 Tolerance: 2f + 2 < n.
 
 All n^2 distances come from one blocked Gram matrix (``_gram``): one GEMM pass over the data,
 then one pass to form the output. Rows with non-finite values (or norm above 1e18) are infinitely
 far from everyone: they get the worst scores and are never selected while at least
-n - f rows are finite. Exact ties in the Krum score are averaged (so the result does not depend
-on the order of the nodes).
+n - f rows are finite. Thanks to the tie rules the result never depends on the order of the nodes.
 """
 
 from __future__ import annotations
@@ -23,10 +24,20 @@ from trustworthy_dl.aggregation._rows import Rows, as_rows
 from trustworthy_dl.aggregation.base import AGGREGATORS, AggResult
 from trustworthy_dl.errors import ConfigError
 
-__all__ = ["krum", "krum_scores", "multi_krum"]
+__all__ = ["boundary_shares", "krum", "krum_scores", "multi_krum"]
 
 # Stand-in for +inf distances so that scores stay ordered (a row with fewer far neighbours wins).
 _BIG = 1e300
+
+
+def boundary_shares(scores_M: Tensor, m: int) -> Tensor:
+    """(M,) float64 in [0, 1]: 1 for the rows strictly among the m lowest scores; rows tied with the
+    m-th lowest share the remaining places equally (so ties never depend on the order of nodes)."""
+    thr = torch.sort(scores_M).values[m - 1]
+    below = scores_M < thr
+    at = scores_M == thr
+    frac = (m - int(below.sum())) / max(1, int(at.sum()))
+    return below.to(torch.float64) + at.to(torch.float64) * frac
 
 
 def krum_scores(sq_dists_MM: Tensor, far_M: Tensor, f: int) -> Tensor:
@@ -72,13 +83,13 @@ def multi_krum(
         raise ConfigError(f"multi_krum: m={m_} exceeds the number of rows n={n}")
     geo = rows.geometry()
     scores = krum_scores(geo.sq_dists(), geo.far, f)
-    order = torch.sort(scores, stable=True).indices[:m_]
-    chosen = torch.zeros(n, dtype=torch.bool, device=scores.device)
-    chosen[order] = True
-    if bool((chosen & ~geo.far).any()):  # beyond tolerance (> n - m far rows): drop the far ones
-        chosen &= ~geo.far
-    w = rows.weights * chosen
+    if not bool(torch.isfinite(scores).sum() >= m_):  # beyond tolerance (> n - m far rows)
+        scores = scores.masked_fill(geo.far, float("inf"))
+        m_ = max(1, int(torch.isfinite(scores).sum()))
+    share = boundary_shares(scores, m_)
+    chosen = share > 0
+    w = rows.weights * share
     total = float(w.sum())
-    e = w / total if total > 0 else chosen.to(torch.float64) / max(1, int(chosen.sum()))
+    e = w / total if total > 0 else share / share.sum()
     info = {"n": n, "m": m_, "chosen": chosen.nonzero().flatten().tolist()}
     return rows.result(rows.combine(e), e, chosen, info)

@@ -136,6 +136,8 @@ def mda(
     require(2 * f < n, "mda", f=f, n=n, condition="2f < n", stage=rows.stage)
     geo = rows.geometry()
     chosen, diam2, exact = min_diameter_subset(geo.sq_dists(), f, max_nodes=max_nodes)
+    if bool((chosen & geo.far).any()) and bool((~geo.far).any()):  # beyond tolerance: > f far rows
+        chosen &= ~geo.far
     w = rows.weights * chosen
     total = float(w.sum())
     e = w / total if total > 0 else chosen.to(torch.float64) / max(1, int(chosen.sum()))

@@ -2,7 +2,8 @@
 by mixing: a recipe for optimal Byzantine ML under heterogeneity", AISTATS 2023).
 
 Pre-aggregation rule: replace every row by the (weighted) mean of its n - f nearest rows (itself
-included). The output has n rows; compose it in front of any aggregator.
+included; rows tied with the (n - f)-th nearest share the last places). The output has n rows;
+compose it in front of any aggregator.
 Tolerance: 2f < n.
 
 The neighbours come from one Gram matrix (``_gram``). The n mixed rows are never materialised: NNM
@@ -32,11 +33,15 @@ def nnm(updates: Tensor | Rows, weights_N: Tensor | None = None, *, f: NonNegInt
     require(2 * f < n, "nnm", f=f, n=n, condition="2f < n", stage=rows.stage)
     d2 = rows.geometry().sq_dists()
     k = n - f
-    idx = torch.sort(d2, dim=1, stable=True).indices[:, :k]
+    # Membership: 1 for the k - 1 or fewer strictly nearer rows; rows tied with the k-th nearest
+    # share the remaining places (duplicate rows, e.g. from colluding nodes, stay order-free).
+    thr = torch.sort(d2, dim=1).values[:, k - 1 : k]
+    below = d2 < thr
+    at = d2 == thr
+    frac = (k - below.sum(1, keepdim=True)) / at.sum(1, keepdim=True)
+    member = below.to(torch.float64) + at.to(torch.float64) * frac
     w = rows.weights
-    C = torch.zeros(n, n, dtype=torch.float64, device=w.device)
-    C.scatter_(1, idx, w[idx])
+    C = member * w[None, :]
     tot = C.sum(1, keepdim=True)
-    uniform = torch.zeros_like(C).scatter_(1, idx, 1.0 / k)
-    C = torch.where(tot > 0, C / tot.clamp_min(1e-300), uniform)
+    C = torch.where(tot > 0, C / tot.clamp_min(1e-300), member / k)
     return rows.mix(C, w, "nnm")

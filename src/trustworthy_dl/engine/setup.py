@@ -54,7 +54,13 @@ class Experiment:
     total_rounds: int
 
     def batch(self, node: int, round_idx: int, shards: list[int]) -> tuple[Tensor, Tensor]:
-        """The clean batch node ``node`` trains on this round: ``batch_size`` samples per held shard."""
+        """The clean batch node ``node`` trains on this round: ``batch_size`` samples per held shard.
+
+        A node holding no shard (quarantined: its shards moved to trusted nodes) keeps computing
+        on its home shards on probation: its row is verified but not aggregated.
+        """
+        if not shards:
+            shards = [s for s, home in enumerate(self.scheduler.home) if home == node]
         idx = torch.cat([self.sampler.batch(s, round_idx) for s in shards]).to(self.data.x_train.device)
         return self.data.x_train[idx], self.data.y_train[idx]
 

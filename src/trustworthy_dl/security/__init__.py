@@ -7,6 +7,7 @@ One round (DESIGN.md)::
     v = verifier.verify(updates_ND, nodes, recompute)
     verdict = make_verdict(N, stage1=s1, verification=v, tampered=monitor.check(params, digests))
     trust.update(verdict.evidence_N)
+    agg = aggregator(updates_ND[verdict.aggregate_mask(trust.active_N)])
 """
 
 from trustworthy_dl.security.base import DETECTION_METHODS, MethodResult

@@ -81,9 +81,12 @@ def robust_z(
             turns tiny honest differences into huge z values.
         side: "high" keeps only large values suspicious, "low" only small ones, "both" either.
         population_N: bool mask of the nodes the median and MAD are taken over (default: all);
-            every node is scored against them.
+            every node is scored against them. Repeated values are counted once.
     """
     pop = values_N if population_N is None else values_N[population_N]
+    # Identical values (colluding identical rows) count once: a block of copies would otherwise
+    # collapse the MAD and make every honest node look extreme.
+    pop = torch.unique(pop)
     med = pop.median()
     scale = torch.clamp(MAD_SCALE * (pop - med).abs().median(), min=floor)
     z = (values_N - med) / scale

@@ -123,6 +123,9 @@ class Stage1Detector:
         flagged_by: dict[str, list[int]] = {}
         method_info: dict[str, Any] = {}
         for k, name in enumerate(self.methods):
+            if x_Md.shape[0] < 3:  # too few finite rows to tell anyone apart
+                flagged_by[name] = []
+                continue
             res = DETECTION_METHODS.get(name)(x_Md, reference_d=ref_d, **self.params.get(name, {}))
             flags_N = torch.zeros(n, dtype=torch.bool)
             flags_N[finite_N] = res.flags_N.cpu()

@@ -12,7 +12,7 @@ The paper always flags the smaller group. Here it is flagged only when the split
 significant, so that a round without attackers flags no one: a member of the smaller group is
 flagged when its distance to the larger group's (coordinate-wise median) centre exceeds both
 ``threshold`` times the larger group's spread (the median distance of its members to that
-centre) and the absolute floor ``min_gap``. The spread test adapts to how heterogeneous honest
+centre; identical members counted once) and the absolute floor ``min_gap``. The spread test adapts to how heterogeneous honest
 data are (non-IID nodes spread the blob); the floor keeps an extremely tight honest blob (IID,
 large d) from turning a negligible gap into a flag. Tolerance: fewer than N/2 Byzantine nodes
 (the smaller group is the malicious one); a group of exactly N/2 is never flagged.
@@ -94,10 +94,12 @@ def mandera(
     if 2 * ones == n or ones in (0, n):
         return MethodResult(flags_N, scores_N, {**info, "minority": 0})
     minority_N = labels_N == (1 if 2 * ones < n else 0)
-    majority_N2 = feats_N2[~minority_N]
-    centre_2 = majority_N2.median(dim=0).values
+    # Identical feature points (colluding identical rows) count once in the majority's centre
+    # and spread; copies hiding in the majority would otherwise shrink the spread to nothing.
+    majority_M2 = torch.unique(feats_N2[~minority_N], dim=0)
+    centre_2 = majority_M2.median(dim=0).values
     dist_N = (feats_N2 - centre_2).norm(dim=1)
-    spread = float(dist_N[~minority_N].median())
+    spread = float((majority_M2 - centre_2).norm(dim=1).median())
     bound = max(threshold * spread, min_gap, 1e-12)
     scores_N = dist_N / bound
     scores_N = scores_N.where(minority_N, scores_N.clamp(max=1.0))

@@ -50,6 +50,16 @@ class Verdict:
         """bool, nodes the round counts against (evidence > 0): the "flag" of detection metrics."""
         return self.evidence_N > 0
 
+    def aggregate_mask(self, active_N: Tensor) -> Tensor:
+        """bool, rows to aggregate this round: trusted (``active_N``) and not suspect this round.
+
+        Trust needs a few rounds of evidence to quarantine a node, but a row that this round's
+        checks count against (a confirmed mismatch, a non-finite row, an unverified stage-1
+        flag) should not reach this round's aggregate: one round of Gaussian noise with std 200
+        ruins a model that a plain mean aggregates.
+        """
+        return active_N.bool().cpu() & ~self.positive_N
+
 
 def make_verdict(
     num_nodes: int,

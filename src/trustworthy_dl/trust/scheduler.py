@@ -79,6 +79,10 @@ class ShardScheduler:
     def holder_of(self, shard: int) -> int:
         return self.holder[shard]
 
+    def home_shards(self, node: int) -> list[int]:
+        """Shards whose home is ``node`` (what a quarantined node on probation may compute on)."""
+        return [s for s, h in enumerate(self.home) if h == node]
+
     def reassign(
         self,
         active_N: Tensor,

@@ -1,0 +1,159 @@
+"""Hypothesis properties over the whole registry (and a few pipelines).
+
+* permutation invariance over nodes (every deterministic rule);
+* robustness: up to f rows of NaN, +/-Inf or +/-1e30 leave the output finite and, for rules whose
+  output is a mixture of the rows they keep, inside the honest coordinate range;
+* translation equivariance where the rule has it.
+
+Data are random draws (Hypothesis picks the seed, N, D, f, which rows go bad and how), so exact
+ties between candidates, where a rule's choice may legitimately depend on the order of the nodes,
+have probability zero.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trustworthy_dl.aggregation import build_aggregator, list_aggregators, list_pre_aggregators
+from trustworthy_dl.errors import ConfigError
+
+PIPELINES = [
+    ("krum", ("nnm",)),
+    ("median", ("bucketing",)),
+    ("trimmed_mean", ("clip",)),
+    ("geometric_median", ("arc",)),
+    ("multi_krum", ("arc", "nnm")),
+    ("bulyan", ("nnm",)),
+]
+CASES = [(name, ()) for name in list_aggregators()] + PIPELINES
+IDS = ["+".join([*pre, name]) for name, pre in CASES]
+
+NOT_ROBUST = {"mean"}
+# Rules whose output stays in the honest rows' coordinate box when the bad rows are far away.
+IN_HONEST_RANGE = {
+    "median",
+    "trimmed_mean",
+    "geometric_median",
+    "krum",
+    "multi_krum",
+    "bulyan",
+    "centered_clip",
+    "mda",
+    "dnc",
+}
+NOT_TRANSLATION_EQUIVARIANT = {"signguard", "clip", "arc"}
+RANDOMISED_ORDER = {"bucketing"}  # shuffles the nodes: not permutation invariant draw by draw
+
+SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def build(case: tuple[str, tuple[str, ...]], f: int):  # type: ignore[no-untyped-def]
+    name, pre = case
+    return build_aggregator(name, f=f, pre=[{"name": p} for p in pre])
+
+
+@functools.lru_cache(maxsize=None)
+def max_f(case: tuple[str, tuple[str, ...]], n: int) -> int | None:
+    """The largest f the case accepts with n nodes (None if none)."""
+    X = torch.randn(n, 3, generator=torch.Generator().manual_seed(0))
+    for f in range(n // 2, -1, -1):
+        try:
+            build(case, f)(X)
+            return f
+        except ConfigError:
+            continue
+    return None
+
+
+@st.composite
+def inputs(draw, case):  # type: ignore[no-untyped-def]
+    n = draw(st.integers(3, 12))
+    fmax = max_f(case, n)
+    if fmax is None:
+        n = 12
+        fmax = max_f(case, n)
+    assert fmax is not None
+    f = draw(st.integers(0, fmax))
+    d = draw(st.integers(1, 9))
+    seed = draw(st.integers(0, 2**31 - 1))
+    spread = draw(st.sampled_from([0.01, 1.0, 100.0]))
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(1, d, generator=g) + spread * torch.randn(n, d, generator=g)
+    return X, f, g
+
+
+def test_the_cases_cover_the_registry() -> None:
+    assert {name for name, _ in CASES} == set(list_aggregators())
+    assert {p for _, pre in PIPELINES for p in pre} == set(list_pre_aggregators())
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@SETTINGS
+@given(data=st.data())
+def test_permutation_invariance(case, data) -> None:  # type: ignore[no-untyped-def]
+    if RANDOMISED_ORDER & set(case[1]):
+        pytest.skip("bucketing shuffles the nodes at random")
+    X, f, g = data.draw(inputs(case))
+    perm = torch.randperm(X.shape[0], generator=g)
+    a = build(case, f)(X).value_D
+    b = build(case, f)(X[perm]).value_D
+    scale = float(X.abs().max()) + 1
+    torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-4)
+
+
+BAD = st.sampled_from(["nan", "inf", "-inf", "1e30", "-1e30", "mixed"])
+
+
+def _corrupt(X: torch.Tensor, rows: list[int], kinds: list[str], g: torch.Generator) -> torch.Tensor:
+    X = X.clone()
+    values = {"nan": float("nan"), "inf": float("inf"), "-inf": -float("inf"), "1e30": 1e30, "-1e30": -1e30}
+    for r, kind in zip(rows, kinds):
+        if kind == "mixed":  # some coordinates NaN, some Inf, some huge, the rest honest-looking
+            pick = torch.randint(0, 4, (X.shape[1],), generator=g)
+            X[r] = torch.where(pick == 0, float("nan"), X[r])
+            X[r] = torch.where(pick == 1, float("inf"), X[r])
+            X[r] = torch.where(pick == 2, -1e30, X[r])
+            X[r, 0] = float("nan")
+        else:
+            X[r] = values[kind]
+    return X
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] not in NOT_ROBUST], ids=[
+    i for c, i in zip(CASES, IDS) if c[0] not in NOT_ROBUST
+])  # fmt: skip
+@SETTINGS
+@given(data=st.data())
+def test_up_to_f_bad_rows_keep_the_output_finite(case, data) -> None:  # type: ignore[no-untyped-def]
+    X, f, g = data.draw(inputs(case))
+    n = X.shape[0]
+    k = data.draw(st.integers(0, f))
+    rows = torch.randperm(n, generator=g)[:k].tolist()
+    kinds = [data.draw(BAD) for _ in rows]
+    bad = _corrupt(X, rows, kinds, g)
+    r = build(case, f)(bad)
+    assert torch.isfinite(r.value_D).all(), (rows, kinds)
+    if case[0] in IN_HONEST_RANGE and not set(case[1]) & {"clip", "arc"}:
+        honest = [i for i in range(n) if i not in rows]
+        H = X[honest]
+        tol = 1e-5 * (float(H.abs().max()) + 1)
+        assert (r.value_D >= H.min(0).values - tol).all() and (r.value_D <= H.max(0).values + tol).all()
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not ({c[0], *c[1]} & NOT_TRANSLATION_EQUIVARIANT)], ids=[
+    i for c, i in zip(CASES, IDS) if not ({c[0], *c[1]} & NOT_TRANSLATION_EQUIVARIANT)
+])  # fmt: skip
+@SETTINGS
+@given(data=st.data())
+def test_translation_equivariance(case, data) -> None:  # type: ignore[no-untyped-def]
+    X, f, g = data.draw(inputs(case))
+    t = 10 * torch.randn(X.shape[1], generator=g)
+    a = build(case, f)(X).value_D
+    b = build(case, f)(X + t).value_D
+    scale = float(X.abs().max()) + float(t.abs().max()) + 1
+    torch.testing.assert_close(b, a + t, atol=1e-5 * scale, rtol=1e-4)

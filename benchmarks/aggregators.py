@@ -2,24 +2,26 @@
 
 For each N and D: median wall time of each rule, effective bandwidth (N * D * 4 bytes / time), the
 ratio to ``mean`` on the same input, and, where ByzFL has the rule, ByzFL's time on the same input
-and our speed-up. Writes ``benchmarks/results/aggregators.json`` and ``aggregators.md``.
+with the same parameters, and our speed-up. Writes ``benchmarks/results/aggregators.json`` and
+``aggregators.md`` (``--out`` to change).
 
-    python benchmarks/aggregators.py                                  # full grid (minutes)
+    python benchmarks/aggregators.py                                  # full grid (many minutes)
     python benchmarks/aggregators.py --nodes 16 --dims 1e6 --rules mean median krum
     python benchmarks/aggregators.py --no-byzfl --reps 3
 
-ByzFL (``pip install byzfl --no-deps``) is optional; ``import byzfl`` pulls in torchvision, which
-is stubbed here if missing. Its rules run with their defaults (GeometricMedian: T=3, nu=0.1;
-CenteredClipping: L=1, tau=100), ours with ours (geometric median and CenteredClip iterate up to
-100 times, which costs us nothing extra: the iterations run on the Gram matrix). ByzFL runs are
-skipped where they would need more than ``--byzfl-mem-gb`` of temporaries (its NNM builds an
-(N, N - f, D) tensor) or enumerate more than 1e5 subsets (its MDA).
+ByzFL (``pip install byzfl --no-deps``) is optional: ``import byzfl`` pulls in torchvision and
+seaborn, which are stubbed here when missing; without byzfl the column says so. Parametrised rules
+run with the same parameters on both sides (see ``SPECS``): geometric median with ByzFL's defaults
+(T=3, nu=0.1; ours costs the same for any T, the iterations run on the Gram matrix), CenteredClip
+with tau=100 and L=1 (ByzFL's default) or L=10. ByzFL runs are skipped where they would need more
+than ``--byzfl-mem-gb`` of temporaries (its NNM builds an (N, N - f, D) tensor) or enumerate more
+than 1e5 subsets (its MDA).
 
-The data: rows ``g + 0.5 * noise`` (a shared direction plus per-node noise, like gradients), so
-distances are small against norms, the hard case for Gram-matrix accuracy. ``f = max(1, (N-3)//4)``
-(the largest f that Bulyan tolerates). ``THP_MEM_ALLOC_ENABLE=1`` is set before torch loads
-(transparent huge pages for large allocations; ``--no-thp`` to disable): output allocations of
-40 MB otherwise cost more in page faults than the work itself.
+Data: rows ``g + 0.5 * noise`` (a shared direction plus per-node noise, like gradients);
+``f = max(1, (N - 3) // 4)``, the largest f that Bulyan tolerates. ``nnm`` is the pre-aggregator
+alone with its (N, D) output materialised (as ByzFL returns it); ``nnm+krum`` etc. are pipelines,
+where NNM's output is never materialised. ``--thp`` sets ``THP_MEM_ALLOC_ENABLE=1`` before torch
+loads (huge pages make the 40 MB-1 GB output allocations cheaper, for both libraries).
 """
 
 from __future__ import annotations
@@ -37,27 +39,48 @@ from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
 
-RULES = [
-    "mean",
-    "median",
-    "trimmed_mean",
-    "geometric_median",
-    "krum",
-    "multi_krum",
-    "bulyan",
-    "centered_clip",
-    "mda",
-    "dnc",
-    "signguard",
-    "nnm",
-    "nnm+krum",
-    "bucketing+median",
-    "arc+trimmed_mean",
-]
+# name -> (our aggregator, its params, pre-aggregators, ByzFL class, ByzFL kwargs or None)
+SPECS: dict[str, tuple[str, dict[str, Any], list[str], str | None, dict[str, Any] | None]] = {
+    "mean": ("mean", {}, [], "Average", {}),
+    "median": ("median", {}, [], "Median", {}),
+    "trimmed_mean": ("trimmed_mean", {}, [], "TrMean", {"f": None}),
+    "geometric_median": (
+        "geometric_median",
+        {"iterations": 3, "nu": 0.1, "tol": 0.0},
+        [],
+        "GeometricMedian",
+        {},
+    ),
+    "krum": ("krum", {}, [], "Krum", {"f": None}),
+    "multi_krum": ("multi_krum", {}, [], "MultiKrum", {"f": None}),
+    "bulyan": ("bulyan", {}, [], None, None),
+    "centered_clip": (
+        "centered_clip",
+        {"tau": 100.0, "iterations": 1, "tol": 0.0},
+        [],
+        "CenteredClipping",
+        {},
+    ),
+    "centered_clip_L10": (
+        "centered_clip",
+        {"tau": 100.0, "iterations": 10, "tol": 0.0},
+        [],
+        "CenteredClipping",
+        {"L": 10},
+    ),
+    "mda": ("mda", {}, [], "MDA", {"f": None}),
+    "dnc": ("dnc", {}, [], None, None),
+    "signguard": ("signguard", {}, [], None, None),
+    "nnm": ("nnm", {}, [], "NNM", {"f": None}),
+    "nnm+krum": ("krum", {}, ["nnm"], None, None),
+    "bucketing+median": ("median", {}, ["bucketing"], None, None),
+    "arc+trimmed_mean": ("trimmed_mean", {}, ["arc"], None, None),
+}
+RULES = list(SPECS)
 
 
 class _Stub(types.ModuleType):
-    """A stand-in module: any attribute is another stub (byzfl only touches torchvision at import)."""
+    """A stand-in module: any attribute is another stub (byzfl only touches these at import)."""
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -98,52 +121,38 @@ def _import_byzfl() -> Any:
 
 
 def _ours(name: str, f: int) -> Any:
-    from trustworthy_dl.aggregation import build_aggregator, get_aggregator
+    from trustworthy_dl.aggregation import build_aggregator
 
-    if name == "nnm":  # the pre-aggregator alone, with its (N, D) output materialised
-        from trustworthy_dl.aggregation._rows import Rows
+    agg, params, pre, _, _ = SPECS[name]
+    if agg == "nnm":  # the pre-aggregator alone, with its (N, D) output materialised
+        from trustworthy_dl.aggregation import Rows
         from trustworthy_dl.aggregation.nnm import nnm
 
-        def run(X: Any) -> Any:
-            rows = nnm(Rows(X), f=f)
-            return rows.materialize()
-
-        return run
-    if "+" in name:
-        *pre, agg = name.split("+")
-        return build_aggregator(agg, f=f, pre=[{"name": p} for p in pre])
-    return get_aggregator(name, f=f)
+        return lambda X: nnm(Rows(X), f=f).materialize()
+    return build_aggregator(agg, f=f, params=params, pre=[{"name": p} for p in pre])
 
 
 def _byzfl(byzfl: Any, name: str, n: int, f: int, d: int, mem_gb: float) -> tuple[Any, str]:
     """(callable or None, note)."""
+    _, _, _, cls, kwargs = SPECS[name]
+    if cls is None or kwargs is None:
+        return None, "not in ByzFL"
     if byzfl is None:
         return None, "byzfl not installed"
     gb = n * d * 4 / 1e9
-    makers: dict[str, tuple[Any, float]] = {
-        # name: (factory, GB of temporaries beyond the input)
-        "mean": (lambda: byzfl.Average(), gb),
-        "median": (lambda: byzfl.Median(), 3 * gb),
-        "trimmed_mean": (lambda: byzfl.TrMean(f=f), 3 * gb),
-        "geometric_median": (lambda: byzfl.GeometricMedian(), 2 * gb),
-        "krum": (lambda: byzfl.Krum(f=f), gb),
-        "multi_krum": (lambda: byzfl.MultiKrum(f=f), 2 * gb),
-        "centered_clip": (lambda: byzfl.CenteredClipping(), 2 * gb),
-        "mda": (lambda: byzfl.MDA(f=f), gb),
-        "nnm": (lambda: byzfl.NNM(f=f), (n - f) * gb),
-    }
-    if name not in makers:
-        return None, "not in ByzFL"
-    make, need = makers[name]
-    if need > mem_gb:
-        return None, f"skipped: needs ~{need:.0f} GB"
-    if name == "mda" and math.comb(n, f) > 100_000:
+    temporaries = {"NNM": (n - f) * gb, "Median": 3 * gb, "TrMean": 3 * gb}.get(cls, 2 * gb)
+    if temporaries > mem_gb:
+        return None, f"skipped: needs ~{temporaries:.0f} GB"
+    if cls == "MDA" and math.comb(n, f) > 100_000:
         return None, f"skipped: C({n},{f}) subsets"
-    return make(), ""
+    kw = {k: (f if v is None else v) for k, v in kwargs.items()}
+    if cls == "CenteredClipping":
+        kw["tau"] = 100.0
+    return getattr(byzfl, cls)(**kw), ""
 
 
 def _time(fn: Any, X: Any, reps: int) -> float:
-    fn(X)  # warm-up (also fills caches and lazy imports)
+    fn(X)  # warm-up (caches, lazy imports, stateful centres)
     ts = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -156,17 +165,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, nargs="+", default=[8, 16, 32, 64])
     ap.add_argument("--dims", type=float, nargs="+", default=[1e6, 1.1e7])
-    ap.add_argument("--rules", nargs="+", default=RULES, help=f"default: {' '.join(RULES)}")
+    ap.add_argument("--rules", nargs="+", default=RULES, choices=RULES, metavar="RULE", help=" ".join(RULES))
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--byzfl-reps", type=int, default=3)
     ap.add_argument("--no-byzfl", action="store_true")
     ap.add_argument("--byzfl-mem-gb", type=float, default=6.0)
-    ap.add_argument("--no-thp", action="store_true")
+    ap.add_argument("--thp", action="store_true", help="set THP_MEM_ALLOC_ENABLE=1 before torch loads")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--out", default=str(RESULTS / "aggregators"), help="output path without extension")
     args = ap.parse_args()
-    if not args.no_thp:
-        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    if args.thp:
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
     import torch
 
     if args.threads:
@@ -210,23 +219,23 @@ def main() -> None:
             del X
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "thp": not args.no_thp}
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "thp": bool(args.thp)}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": records}, indent=1))
     out.with_suffix(".md").write_text(_markdown(records, meta))
     print(f"# wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 
 
 def _line(r: dict[str, Any]) -> str:
-    bz = f"byzfl {r['byzfl_seconds']:.3f}s x{r['speedup']:.0f}" if "speedup" in r else r.get("byzfl_note", "")
+    bz = f"byzfl {r['byzfl_seconds']:.3f}s x{r['speedup']:.1f}" if "speedup" in r else r.get("byzfl_note", "")
     vs = f"{r['vs_mean']:.2f}x mean" if r.get("vs_mean") else ""
     return f"{r['rule']:18s} N={r['n']:3d} D={r['d']:.1e}  {r['seconds']:.4f}s {r['gbps']:6.1f} GB/s {vs:>12s}  {bz}"
 
 
 def _markdown(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
-        f"Aggregator speed (torch {meta['torch']}, {meta['threads']} CPU threads, float32, median of runs).",
-        "GB/s = N*D*4 bytes / time; x mean = time / time of `mean` on the same input; "
-        "ByzFL = the same rule in ByzFL 0.0.11 on the same input.",
+        f"Aggregator speed: torch {meta['torch']}, {meta['threads']} CPU threads, float32, median of runs"
+        f"{', THP on' if meta['thp'] else ''}. GB/s = N*D*4 bytes / time; x mean = time / time of `mean`"
+        " on the same input; ByzFL = the same rule and parameters in ByzFL 0.0.11 on the same input.",
         "",
         "| rule | N | D | time (s) | GB/s | x mean | ByzFL (s) | speed-up vs ByzFL |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -236,7 +245,7 @@ def _markdown(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             lines.append(f"| {r['rule']} | {r['n']} | {r['d']:.1e} | error | | | | {r['error']} |")
             continue
         bz = f"{r['byzfl_seconds']:.3f}" if "byzfl_seconds" in r else r.get("byzfl_note", "")
-        sp = f"{r['speedup']:.0f}x" if "speedup" in r else ""
+        sp = f"{r['speedup']:.1f}x" if "speedup" in r else ""
         vs = f"{r['vs_mean']:.2f}" if r.get("vs_mean") else ""
         lines.append(
             f"| {r['rule']} | {r['n']} | {r['d']:.1e} | {r['seconds']:.4f} | {r['gbps']:.1f} | {vs} | {bz} | {sp} |"

@@ -57,7 +57,7 @@ def build(case: tuple[str, tuple[str, ...]], f: int):  # type: ignore[no-untyped
     return build_aggregator(name, f=f, pre=[{"name": p} for p in pre])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def max_f(case: tuple[str, tuple[str, ...]], n: int) -> int | None:
     """The largest f the case accepts with n nodes (None if none)."""
     X = torch.randn(n, 3, generator=torch.Generator().manual_seed(0))

@@ -49,7 +49,7 @@ def test_verify_confirms_tampered_and_clears_honest():
 
 
 def test_select_flagged_probation_watched_and_spot_checks():
-    v = GradientVerifier(spot_check_fraction=0.0, watch_rounds=2)
+    v = GradientVerifier(spot_check_fraction=0.0, watch_rounds=2, warmup_rounds=0)
     flags = bmask(N, 1)
     active = ~bmask(N, 4)
     assert v.select(flags, active, 0) == [1, 4]
@@ -64,38 +64,47 @@ def test_select_flagged_probation_watched_and_spot_checks():
     assert v.select(bmask(N), ~bmask(N), 2) == [3]
     v.verify(truth, [3], lambda i: truth[i])
     assert v.select(bmask(N), ~bmask(N), 3) == []
-    no_probation = GradientVerifier(spot_check_fraction=0.0, verify_quarantined=False)
+    no_probation = GradientVerifier(spot_check_fraction=0.0, verify_quarantined=False, warmup_rounds=0)
     assert no_probation.select(flags, active, 0) == [1]
 
 
 def test_select_suspects_by_stage1_score():
     scores = torch.tensor([0.1, 0.7, 0.9, 0.6, 0.2, 0.55, 0.3, 2.0])
     flags = bmask(N, 7)
-    one = GradientVerifier(spot_check_fraction=0.0)  # cap ceil(8 / 8) = 1
+    one = GradientVerifier(spot_check_fraction=0.0, warmup_rounds=0)  # cap ceil(8 / 8) = 1
     assert one.select(flags, torch.ones(N, dtype=torch.bool), 0, scores_N=scores) == [2, 7]
     assert one.last_selection == {2: "suspect", 7: "flagged"}
-    three = GradientVerifier(spot_check_fraction=0.0, max_suspects=3, suspect_score=0.65)
+    three = GradientVerifier(spot_check_fraction=0.0, max_suspects=3, suspect_score=0.65, warmup_rounds=0)
     assert three.select(flags, torch.ones(N, dtype=torch.bool), 0, scores_N=scores) == [1, 2, 7]
-    none = GradientVerifier(spot_check_fraction=0.0, max_suspects=0)
+    none = GradientVerifier(spot_check_fraction=0.0, max_suspects=0, warmup_rounds=0)
     assert none.select(flags, torch.ones(N, dtype=torch.bool), 0, scores_N=scores) == [7]
 
 
 def test_spot_check_fraction_respected_and_seeded():
     n, rounds, frac = 20, 2000, 0.15
-    v = GradientVerifier(spot_check_fraction=frac, seed=3)
+    v = GradientVerifier(spot_check_fraction=frac, seed=3, warmup_rounds=0)
     total = 0
     for r in range(rounds):
         picked = v.select(bmask(n), torch.ones(n, dtype=torch.bool), r)
         assert set(v.last_selection.values()) <= {"spot-check"}
         total += len(picked)
     assert total / (rounds * n) == pytest.approx(frac, abs=0.01)
-    again = GradientVerifier(spot_check_fraction=frac, seed=3)
+    again = GradientVerifier(spot_check_fraction=frac, seed=3, warmup_rounds=0)
     assert again.select(bmask(n), torch.ones(n, dtype=torch.bool), 17) == v.select(
         bmask(n), torch.ones(n, dtype=torch.bool), 17
     )
     # only active, unflagged nodes are sampled; flagged ones are checked anyway
-    all_ = GradientVerifier(spot_check_fraction=1.0)
+    all_ = GradientVerifier(spot_check_fraction=1.0, warmup_rounds=0)
     assert all_.select(bmask(4, 0), ~bmask(4, 1), 0) == [0, 1, 2, 3]
+
+
+def test_warmup_rounds_check_everyone():
+    v = GradientVerifier(spot_check_fraction=0.0, warmup_rounds=2)
+    for r in (0, 1):
+        assert v.select(bmask(N, 3), ~bmask(N, 5), r) == list(range(N))
+    assert v.last_selection[3] == "flagged" and v.last_selection[5] == "probation"
+    assert v.last_selection[0] == "warm-up"
+    assert v.select(bmask(N, 3), torch.ones(N, dtype=torch.bool), 2) == [3]
 
 
 def test_verifier_state_dict_and_validation():

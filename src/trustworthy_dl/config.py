@@ -254,6 +254,12 @@ class Config(_Section):
                 raise ValueError(f"attack.byzantine_ids {a.byzantine_ids} has duplicates")
         if self.num_byzantine >= n:
             raise ValueError(f"attack.num_byzantine={self.num_byzantine} must be < distributed.num_nodes={n}")
+        import torch
+
+        from trustworthy_dl.engine.setup import build_run_aggregator
+
+        # unknown aggregator or parameter, or a tolerance condition that fails for N, fails at load time
+        build_run_aggregator(self)(torch.zeros(n, 2))
         if a.end_round is not None and a.end_round < a.start_round:
             raise ValueError(f"attack.end_round={a.end_round} is before attack.start_round={a.start_round}")
         return self

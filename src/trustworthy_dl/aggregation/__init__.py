@@ -37,7 +37,12 @@ from trustworthy_dl.aggregation import (  # noqa: F401
 )
 from trustworthy_dl.aggregation._rows import Rows
 from trustworthy_dl.aggregation.base import AGGREGATORS, PRE_AGGREGATORS, AggResult
-from trustworthy_dl.aggregation.pipeline import Aggregator, aggregator_params, build_aggregator, get_aggregator
+from trustworthy_dl.aggregation.pipeline import (
+    Aggregator,
+    aggregator_params,
+    build_aggregator,
+    get_aggregator,
+)
 
 __all__ = [
     "AGGREGATORS",

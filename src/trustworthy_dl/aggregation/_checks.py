@@ -56,8 +56,12 @@ class Range:
             and (self.lt is None or value < self.lt)
         )
         if not ok or (isinstance(value, float) and math.isnan(value)):
-            bounds = [f"{op} {b}" for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))]
-            shown = " and ".join(b for b, v in zip(bounds, (self.ge, self.gt, self.le, self.lt)) if v is not None)
+            bounds = [
+                f"{op} {b}" for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+            ]
+            shown = " and ".join(
+                b for b, v in zip(bounds, (self.ge, self.gt, self.le, self.lt)) if v is not None
+            )
             raise ConfigError(f"{where}: {name}={value!r} must be {shown}")
 
 
@@ -83,7 +87,8 @@ def _hyperparameters(target: Callable[..., Any]) -> dict[str, inspect.Parameter]
 def param_defaults(target: Callable[..., Any]) -> dict[str, Any]:
     """``{name: default}`` of a rule's hyperparameters (``None`` where there is no default)."""
     return {
-        k: (None if p.default is inspect.Parameter.empty else p.default) for k, p in _hyperparameters(target).items()
+        k: (None if p.default is inspect.Parameter.empty else p.default)
+        for k, p in _hyperparameters(target).items()
     }
 
 
@@ -128,7 +133,9 @@ def _check_type(where: str, name: str, value: Any, hint: Any) -> None:
         raise ConfigError(f"{where}: {name}={value!r} must be a {getattr(hint, '__name__', hint)}")
 
 
-def check_params(kind: str, name: str, target: Callable[..., Any], params: Mapping[str, Any]) -> dict[str, Any]:
+def check_params(
+    kind: str, name: str, target: Callable[..., Any], params: Mapping[str, Any]
+) -> dict[str, Any]:
     """Validate ``params`` against ``target``'s annotated keyword-only hyperparameters.
 
     Returns the params with ints given for float parameters converted to float.
@@ -138,7 +145,9 @@ def check_params(kind: str, name: str, target: Callable[..., Any], params: Mappi
     unknown = sorted(str(k) for k in params if k not in specs)
     if unknown:
         shown = ", ".join(f"{k}={v!r}" for k, v in param_defaults(target).items()) or "(none)"
-        raise ConfigError(f"{where} has no parameter {', '.join(map(repr, unknown))}; valid (defaults): {shown}")
+        raise ConfigError(
+            f"{where} has no parameter {', '.join(map(repr, unknown))}; valid (defaults): {shown}"
+        )
     missing = [k for k, p in specs.items() if p.default is inspect.Parameter.empty and k not in params]
     if missing:
         raise ConfigError(f"{where} needs parameter {', '.join(map(repr, missing))}")
@@ -162,7 +171,9 @@ def _base(hint: Any) -> Any:
 def check_f(rule: str, f: Any) -> int:
     """``f`` must be a non-negative int."""
     if not isinstance(f, int) or isinstance(f, bool) or f < 0:
-        raise ConfigError(f"{rule}: f={f!r} must be a non-negative int (the number of Byzantine nodes tolerated)")
+        raise ConfigError(
+            f"{rule}: f={f!r} must be a non-negative int (the number of Byzantine nodes tolerated)"
+        )
     return f
 
 
@@ -178,7 +189,9 @@ def check_updates(updates_ND: Any, rule: str = "aggregator") -> Tensor:
     if not isinstance(updates_ND, Tensor):
         raise NodeMessageError(f"{rule}: updates must be a torch.Tensor, got {type(updates_ND).__name__}")
     if updates_ND.dim() != 2 or updates_ND.shape[0] < 1 or updates_ND.shape[1] < 1:
-        raise NodeMessageError(f"{rule}: updates must have shape (N, D) with N, D >= 1, got {tuple(updates_ND.shape)}")
+        raise NodeMessageError(
+            f"{rule}: updates must have shape (N, D) with N, D >= 1, got {tuple(updates_ND.shape)}"
+        )
     if not updates_ND.is_floating_point():
         raise NodeMessageError(f"{rule}: updates must be floating point, got {updates_ND.dtype}")
     if updates_ND.dtype not in (torch.float32, torch.float64):
@@ -188,7 +201,9 @@ def check_updates(updates_ND: Any, rule: str = "aggregator") -> Tensor:
     return updates_ND
 
 
-def check_weights(weights_N: Any, n: int, rule: str = "aggregator", device: torch.device | None = None) -> Tensor:
+def check_weights(
+    weights_N: Any, n: int, rule: str = "aggregator", device: torch.device | None = None
+) -> Tensor:
     """Float64 (N,) weights, non-negative, finite, normalised to sum to 1 (None: uniform)."""
     if weights_N is None:
         return torch.full((n,), 1.0 / n, dtype=torch.float64, device=device)

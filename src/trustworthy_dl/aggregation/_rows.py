@@ -23,6 +23,7 @@ from torch import Tensor
 
 from trustworthy_dl.aggregation._checks import check_updates, check_weights
 from trustworthy_dl.aggregation._gram import FAR_NORM, Geometry, centred_gram, row_norms
+from trustworthy_dl.aggregation._parallel import map_column_chunks
 from trustworthy_dl.aggregation.base import AggResult
 
 __all__ = ["Rows", "as_rows"]
@@ -87,10 +88,7 @@ class Rows:
     def _norms_N(self) -> Tensor:
         c = self._cache
         if c.norms_N is None:
-            if c.geometry is not None:
-                c.norms_N = c.geometry.sq_norms().sqrt()
-            else:
-                c.norms_N = row_norms(self.X)
+            c.norms_N = row_norms(self.X)
         return c.norms_N
 
     def _far_N(self) -> Tensor:
@@ -108,14 +106,25 @@ class Rows:
             return torch.zeros(self.n, dtype=torch.bool, device=self.X.device)
         return (self.coef[:, far_N] != 0).any(1)
 
-    def geometry(self, extras_KD: Tensor | None = None) -> Geometry:
-        """Geometry of the M current rows, followed by ``extras_KD`` if given (one Gram pass)."""
+    def _unit_sums(self) -> bool:
+        return self.coef is None or bool(torch.allclose(self.coef.sum(1), torch.ones_like(self.coef[:, 0])))
+
+    def geometry(self, extras_KD: Tensor | None = None, *, absolute: bool = False) -> Geometry:
+        """Geometry of the M current rows, followed by ``extras_KD`` if given (one Gram pass).
+
+        ``absolute`` also provides norms (one more pass over the data, cached); it is implied when
+        the rows are not affine combinations of the updates (after clipping).
+        """
         c = self._cache
+        absolute = absolute or not self._unit_sums()
         if extras_KD is not None:
             base = centred_gram(self.X, extras_KD)
             if c.geometry is None:  # the rows' part is what a later stage would compute anyway
                 N = self.N
-                c.geometry = Geometry(base.T[:N, :N], base.a[:N], base.s[:N], base.far[:N])
+                c.geometry = Geometry(base.T[:N, :N], base.s[:N], base.far[:N])
+            if absolute:
+                q_e = row_norms(extras_KD).square()
+                base = base.with_norms(torch.cat([self._sq_norms_N(), q_e]))
             if self.coef is None:
                 return base
             K = int(extras_KD.shape[0])
@@ -125,14 +134,20 @@ class Rows:
             return base.mixed(C)
         if c.geometry is None:
             c.geometry = centred_gram(self.X)
+        if absolute and c.geometry.a is None:
+            c.geometry = c.geometry.with_norms(self._sq_norms_N())
         return c.geometry if self.coef is None else c.geometry.mixed(self.coef)
+
+    def _sq_norms_N(self) -> Tensor:
+        nrm = self._norms_N()
+        return (nrm * nrm).masked_fill(~(nrm <= FAR_NORM), 0.0)
 
     def sq_norms(self) -> Tensor:
         """(M,) float64 squared norms of the current rows (+inf for far rows)."""
-        if self.coef is None and self._cache.geometry is None:
+        if self.coef is None:
             nrm = self._norms_N()
-            return (nrm * nrm).masked_fill(~(nrm <= FAR_NORM), float("inf"))
-        return self.geometry().sq_norms()
+            return (nrm * nrm).masked_fill(self.far(), float("inf"))
+        return self.geometry(absolute=True).sq_norms()
 
     # ------------------------------------------------------------------ output
 
@@ -140,12 +155,34 @@ class Rows:
         """The (M, D) rows as a new tensor (one GEMM; rules never need this)."""
         if self.coef is None:
             return self.X.clone()
-        C = self.coef.to(self.X.dtype)
-        far = self._far_N()
-        if bool(far.any()):  # 0 * NaN would leak into every row: mix only the rows in use
-            used = (C != 0).any(0)
-            return C[:, used] @ self.X[used]
-        return C @ self.X
+        # Mixtures repeat (NNM neighbourhoods often coincide): multiply each distinct row once.
+        U, inv = torch.unique(self.coef, dim=0, return_inverse=True)
+        if U.shape[0] == self.n:
+            U, inv = self.coef, None
+        C = U.to(self.X.dtype)
+        used = (C != 0).any(0)
+        X = self.X
+        if bool((self._far_N() & ~used).any()):  # 0 * NaN would leak into every row: skip them
+            idx = used.nonzero().flatten()
+            C = C[:, idx]
+        else:
+            idx = None
+        Y = torch.empty(self.n, self.D, dtype=X.dtype, device=X.device)
+        B = 1 << 14
+
+        def chunk(start: int, stop: int) -> None:
+            buf = torch.empty(C.shape[0], B, dtype=X.dtype, device=X.device)
+            for s in range(start, stop, B):
+                e = min(stop, s + B)
+                Xc = X[:, s:e] if idx is None else X[:, s:e].index_select(0, idx)
+                if inv is None:
+                    torch.mm(C, Xc, out=Y[:, s:e])
+                else:  # distinct rows into a cached buffer, then spread to their copies
+                    torch.mm(C, Xc, out=buf[:, : e - s])
+                    torch.index_select(buf[:, : e - s], 0, inv, out=Y[:, s:e])
+
+        map_column_chunks(chunk, self.D, B, X.device)
+        return Y
 
     def node_coefficients(self, e_M: Tensor) -> Tensor:
         """(N,) float64: the coefficient of each original update in ``e_M @ rows``."""
@@ -161,17 +198,28 @@ class Rows:
         X = self.X
         nz = torch.nonzero(a).flatten().tolist()
         dense = len(nz) > max(2, self.N // 2)
-        if dense and (len(nz) == self.N or not bool(self._far_N().any())):
-            out = torch.mv(X.t(), a.to(X.dtype))
-        elif nz:
-            vals = a[nz].tolist()
-            out = torch.mul(X[nz[0]], vals[0])
-            for j, v in zip(nz[1:], vals[1:]):
-                out.add_(X[j], alpha=v)
-        else:
-            out = torch.zeros(self.D, dtype=X.dtype, device=X.device)
+        use_mv = dense and (len(nz) == self.N or not bool(self._far_N().any()))
+        a_t = a.to(X.dtype)
+        vals = a[nz].tolist()
+        extra = None
         if extras is not None and extras[1] != 0:
-            out.add_(extras[0].to(out.dtype), alpha=float(extras[1]))
+            extra = (extras[0].to(X.dtype), float(extras[1]))
+        out = torch.empty(self.D, dtype=X.dtype, device=X.device)
+
+        def chunk(s: int, e: int) -> None:
+            o = out[s:e]
+            if use_mv:
+                torch.mv(X[:, s:e].t(), a_t, out=o)
+            elif nz:
+                torch.mul(X[nz[0], s:e], vals[0], out=o)
+                for j, v in zip(nz[1:], vals[1:]):
+                    o.add_(X[j, s:e], alpha=v)
+            else:
+                o.zero_()
+            if extra is not None:
+                o.add_(extra[0][s:e], alpha=extra[1])
+
+        map_column_chunks(chunk, self.D, 1 << 16, X.device)
         return out
 
     def result(self, value_D: Tensor, e_M: Tensor, selected_M: Tensor, info: dict[str, Any]) -> AggResult:
@@ -184,10 +232,10 @@ class Rows:
         sel = selected_M.to(device=self.X.device, dtype=torch.bool)
         if self.coef is None:
             selected_N = sel.clone()
+        elif bool(sel.any()):
+            selected_N = (self.coef[sel] != 0).any(0)
         else:
-            selected_N = (self.coef[sel] != 0).any(0) if bool(sel.any()) else torch.zeros_like(sel[:0])
-            if selected_N.numel() == 0:
-                selected_N = torch.zeros(self.N, dtype=torch.bool, device=self.X.device)
+            selected_N = torch.zeros(self.N, dtype=torch.bool, device=self.X.device)
         return AggResult(value_D=value_D, weights_N=weights_N, selected_N=selected_N, info=info)
 
 

@@ -35,12 +35,21 @@ from torch import Tensor
 from trustworthy_dl.aggregation._parallel import map_column_chunks
 from trustworthy_dl.aggregation._rows import Rows
 
-__all__ = ["SORT_BLOCK", "bulyan_coordinates", "coordinate_median", "trimmed_mean_coordinates"]
+__all__ = ["bulyan_coordinates", "coordinate_median", "trimmed_mean_coordinates"]
 
-#: Columns per block (M + 1 rows of this many float32 stay in L2/L3 cache).
-SORT_BLOCK = 1 << 15
-#: Column blocks on which the per-node shares of the aggregate are measured.
+#: Columns per block: about 1M values per block, 16K-64K columns (M + 1 rows of them stay in the
+#: L2/L3 caches; larger blocks amortise the ~1 us cost of each op).
+SORT_BLOCK_VALUES = 1 << 20
+
+
+def sort_block(m: int) -> int:
+    """Columns per block for m rows."""
+    return max(1 << 14, min(1 << 16, SORT_BLOCK_VALUES // max(1, m)))
+
+
+#: Column blocks on which the per-node shares of the aggregate are measured, and columns used in each.
 SHARE_BLOCKS = 8
+SHARE_COLUMNS = 4096
 
 _INF = float("inf")
 
@@ -48,7 +57,7 @@ _INF = float("inf")
 # --------------------------------------------------------------------------- networks
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def batcher_network(n: int) -> tuple[tuple[int, int], ...]:
     """Comparators (i, j), i < j, of Batcher's odd-even merge sort on n wires (min goes to i).
 
@@ -114,12 +123,12 @@ def _prune(n: int, needed: set[int], full: bool) -> Plan:
     return _compile(n, kept[::-1])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def median_plan(n: int) -> Plan:
     return _prune(n, {(n - 1) // 2, n // 2}, full=False)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trimmed_plan(n: int, f: int) -> Plan:
     """Plan after which wires f .. n-f-1 hold the middle multiset; the cheaper of two prunings."""
     exact = _prune(n, set(range(f, n - f)), full=False)
@@ -127,7 +136,7 @@ def trimmed_plan(n: int, f: int) -> Plan:
     return exact if len(exact.ops) <= len(ends.ops) else ends
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sort_plan(n: int) -> Plan:
     return _prune(n, set(range(n)), full=False)
 
@@ -160,13 +169,18 @@ def _run(
         if coef is not None:
             coef = coef.index_select(0, idx)
             idx = None
-    B = min(block or SORT_BLOCK, D)
+    B = min(block or sort_block(plan.n), D)
     out = torch.empty(D, dtype=X.dtype, device=X.device)
     sampled = _share_blocks(-(-D // B))
     coef_t = None if coef is None else coef.to(X.dtype)
+    diag = None
+    if coef_t is not None and coef_t.shape[0] == coef_t.shape[1]:
+        d = coef_t.diagonal()
+        if bool(torch.equal(torch.diag(d), coef_t)):
+            diag = d.contiguous()
 
     def chunk(start: int, stop: int) -> Tensor:
-        return _run_chunk(X, coef_t, idx, plan, reduce, out, sampled, start, stop, B)
+        return _run_chunk(X, coef_t, diag, idx, plan, reduce, out, sampled, start, stop, B)
 
     counts = torch.stack(map_column_chunks(chunk, D, B, X.device)).sum(0)
     return out, counts
@@ -175,6 +189,7 @@ def _run(
 def _run_chunk(
     X: Tensor,
     coef: Tensor | None,
+    diag: Tensor | None,
     idx: Tensor | None,
     plan: Plan,
     reduce: Reduce,
@@ -187,7 +202,7 @@ def _run_chunk(
     M = plan.n
     dev, dt = X.device, X.dtype
     buf = torch.empty(M + 1, B, dtype=dt, device=dev)
-    orig = torch.empty(M, B, dtype=dt, device=dev)
+    orig = torch.empty(M, min(B, SHARE_COLUMNS), dtype=dt, device=dev)
     counts = torch.zeros(M, dtype=torch.float64, device=dev)
     full = list(buf.unbind(0))
     for s in range(start, stop, B):
@@ -196,28 +211,36 @@ def _run_chunk(
         Xb = X[:, s:e]
         Yb = buf[:M, :w]
         if coef is not None:
-            _mix_block(Xb, coef, Yb)
+            _mix_block(Xb, coef, Yb, diag)
         elif idx is not None:
             torch.index_select(Xb, 0, idx, out=Yb)
             torch.nan_to_num(Yb, nan=_INF, posinf=_INF, neginf=-_INF, out=Yb)
         else:
             torch.nan_to_num(Xb, nan=_INF, posinf=_INF, neginf=-_INF, out=Yb)
         sample = s // B in sampled
+        ws = min(w, SHARE_COLUMNS)
         if sample:
-            orig[:, :w].copy_(Yb)
+            orig[:, :ws].copy_(Yb[:, :ws])
         r = full if w == B else [t[:w] for t in full]
         for fn, x, y, o in plan.ops:
             fn(r[x], r[y], out=r[o])
         rng = reduce([r[i] for i in plan.wire_row], out[s:e], sample)
         if sample and rng is not None:
-            lo, hi = rng
-            ob = orig[:, :w]
+            lo, hi = rng[0][:ws], rng[1][:ws]
+            ob = orig[:, :ws]
             counts += ((ob >= lo) & (ob <= hi)).sum(1, dtype=torch.float64)
     return counts
 
 
-def _mix_block(Xb: Tensor, coef: Tensor, Yb: Tensor) -> None:
-    """``Yb = coef @ Xb``; rows mixing a non-finite value become +inf (no NaN leaks via 0 * NaN)."""
+def _mix_block(Xb: Tensor, coef: Tensor, Yb: Tensor, diag: Tensor | None = None) -> None:
+    """``Yb = coef @ Xb``; rows mixing a non-finite value become +inf (no NaN leaks via 0 * NaN).
+
+    ``diag``: the coefficients when ``coef`` is diagonal (clipping), applied as a row scaling.
+    """
+    if diag is not None:
+        torch.mul(Xb, diag[:, None], out=Yb)
+        torch.nan_to_num(Yb, nan=_INF, posinf=_INF, neginf=-_INF, out=Yb)
+        return
     nb = torch.linalg.vector_norm(Xb, dim=1)
     bad = ~torch.isfinite(nb)
     if bool(bad.any()):
@@ -284,7 +307,9 @@ def trimmed_mean_coordinates(rows: Rows, f: int, *, block: int | None = None) ->
     return out, _shares(counts)
 
 
-def bulyan_coordinates(rows: Rows, sel_M: Tensor, beta: int, *, block: int | None = None) -> tuple[Tensor, Tensor]:
+def bulyan_coordinates(
+    rows: Rows, sel_M: Tensor, beta: int, *, block: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Bulyan's second stage over the selected rows: per coordinate, the mean of the ``beta``
     values closest to the median.
 

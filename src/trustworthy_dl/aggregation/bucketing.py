@@ -38,7 +38,9 @@ class Bucketing:
         self.s, self.seed = s, seed
         self.rounds = 0
 
-    def __call__(self, updates: Tensor | Rows, weights_N: Tensor | None = None, *, f: int | None = None) -> Rows:
+    def __call__(
+        self, updates: Tensor | Rows, weights_N: Tensor | None = None, *, f: int | None = None
+    ) -> Rows:
         rows = as_rows(updates, weights_N, "bucketing")
         n, s = rows.n, self.s
         perm = torch.randperm(n, generator=round_generator(self.seed, self.rounds, salt=1)).tolist()
@@ -59,5 +61,7 @@ class Bucketing:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if set(state) - {"rounds"}:
-            raise ConfigError(f"bucketing state has unknown keys {sorted(set(state) - {'rounds'})}; valid: rounds")
+            raise ConfigError(
+                f"bucketing state has unknown keys {sorted(set(state) - {'rounds'})}; valid: rounds"
+            )
         self.rounds = int(state.get("rounds", 0))

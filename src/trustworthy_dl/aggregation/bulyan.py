@@ -3,9 +3,9 @@ Byzantium", ICML 2018).
 
 Rule: (1) select theta = n - 2f rows by repeating Krum: pick the row with the lowest Krum score
 among the remaining ones (counting max(1, r - f - 2) neighbours in a pool of r; ties go to the
-row with the smaller sum of squared distances to the pool), remove it, repeat; (2) in every coordinate, average the
-beta = theta - 2f selected values closest to their median (when several sets of beta values are
-equally close, their means are averaged).
+row with the smaller sum of squared distances to the pool), remove it, repeat; (2) in every
+coordinate, average the beta = theta - 2f selected values closest to their median (when several
+sets of beta values are equally close, their means are averaged).
 Tolerance: n >= 4f + 3.
 
 Stage 1 uses the Gram matrix (``_gram``, O(n^2) per round of selection after one pass over the

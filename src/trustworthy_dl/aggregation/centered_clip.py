@@ -51,7 +51,9 @@ class CenteredClip:
         self.centre_D: Tensor | None = None
         self.rounds = 0
 
-    def __call__(self, updates: Tensor | Rows, weights_N: Tensor | None = None, *, f: int | None = None) -> AggResult:
+    def __call__(
+        self, updates: Tensor | Rows, weights_N: Tensor | None = None, *, f: int | None = None
+    ) -> AggResult:
         rows = as_rows(updates, weights_N, "centered_clip")
         f = self.f if f is None else check_f("centered_clip", f)
         n = rows.n
@@ -63,11 +65,12 @@ class CenteredClip:
             and prev.shape == (rows.D,)
             and bool(torch.isfinite(prev).all())
         )
+        absolute = self.init == "zero" and not use_prev  # the origin is not an affine combination
         if use_prev:
             assert prev is not None
-            geo = rows.geometry(prev.to(rows.X.dtype).unsqueeze(0))
+            geo = rows.geometry(prev.to(rows.X.dtype).unsqueeze(0), absolute=absolute)
         else:
-            geo = rows.geometry()
+            geo = rows.geometry(absolute=absolute)
         far = geo.far[:n]
         w = rows.weights.masked_fill(far, 0.0)
         if float(w.sum()) <= 0:
@@ -92,14 +95,18 @@ class CenteredClip:
             scale = torch.where(far, 0.0, torch.clamp(self.tau / dist, max=1.0))
             coef = w * scale  # weight of (x_i - v) in the step
             delta = eye @ coef - coef.sum() * c
-            step = float(_norm(geo, delta))
+            step = float(geo.norm_of(delta, difference=geo.a is None))
             c = c + delta
             if step <= self.tol * self.tau:
                 break
         e_rows = c[:n]
         c_prev = float(c[n]) if use_prev else 0.0
         value = rows.combine(e_rows, extras=(prev, c_prev) if (use_prev and prev is not None) else None)
-        if self.centre_D is not None and self.centre_D.shape == value.shape and self.centre_D.dtype == value.dtype:
+        if (
+            self.centre_D is not None
+            and self.centre_D.shape == value.shape
+            and self.centre_D.dtype == value.dtype
+        ):
             self.centre_D.copy_(value)  # reuse the buffer: a fresh (D,) allocation costs page faults
         else:
             self.centre_D = value.detach().clone()
@@ -114,14 +121,9 @@ class CenteredClip:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         unknown = set(state) - {"centre", "rounds"}
         if unknown:
-            raise ConfigError(f"centered_clip state has unknown keys {sorted(unknown)}; valid: centre, rounds")
+            raise ConfigError(
+                f"centered_clip state has unknown keys {sorted(unknown)}; valid: centre, rounds"
+            )
         centre = state.get("centre")
         self.centre_D = None if centre is None else torch.as_tensor(centre).clone()
         self.rounds = int(state.get("rounds", 0))
-
-
-def _norm(geo: Any, delta_R: Tensor) -> Tensor:
-    """|sum_r delta_r p_r| for a combination with total coefficient ``delta.sum()``."""
-    Td = geo.T @ delta_R
-    sq = delta_R @ Td + 2 * (delta_R @ geo.s) * (delta_R @ geo.a)
-    return sq.clamp_min(0).sqrt()

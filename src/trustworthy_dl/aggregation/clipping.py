@@ -32,7 +32,9 @@ def _scaled(rows: Rows, scale_M: Tensor, stage: str) -> Rows:
 
 
 @PRE_AGGREGATORS.register("clip", "clipping", "static_clip", "static_clipping")
-def clip(updates: Tensor | Rows, weights_N: Tensor | None = None, *, f: NonNegInt = 0, c: PosFloat = 2.0) -> Rows:
+def clip(
+    updates: Tensor | Rows, weights_N: Tensor | None = None, *, f: NonNegInt = 0, c: PosFloat = 2.0
+) -> Rows:
     """Scale every row to norm at most ``c``."""
     rows = as_rows(updates, weights_N, "clip")
     norms = rows.sq_norms().sqrt()

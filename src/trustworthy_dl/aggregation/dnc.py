@@ -3,7 +3,7 @@ poisoning attacks and defenses for federated learning", NDSS 2021, Algorithm 2).
 
 Rule: repeat ``iterations`` times: sample ``subsample_dim`` coordinates at random, centre the
 sampled rows on their mean, take the top right singular vector v of the centred matrix, score
-each row by its squared projection on v and mark the ``floor(c * f)`` highest scores as outliers.
+each row by its squared projection on v (from the (n, n) eigenproblem of the centred Gram) and mark the ``floor(c * f)`` highest scores as outliers.
 Return the (weighted) mean of the rows never marked.
 Tolerance: 2f < n (and c * f < n so that some row survives).
 
@@ -46,7 +46,9 @@ class DnC:
         self.iterations, self.subsample_dim, self.c, self.seed = iterations, subsample_dim, float(c), seed
         self.rounds = 0
 
-    def __call__(self, updates: Tensor | Rows, weights_N: Tensor | None = None, *, f: int | None = None) -> AggResult:
+    def __call__(
+        self, updates: Tensor | Rows, weights_N: Tensor | None = None, *, f: int | None = None
+    ) -> AggResult:
         rows = as_rows(updates, weights_N, "dnc")
         f = self.f if f is None else check_f("dnc", f)
         n = rows.n
@@ -71,8 +73,10 @@ class DnC:
             live = ~far
             mu = Y[live].mean(0) if bool(live.any()) else torch.zeros_like(Y[0])
             Yc = (Y - mu).masked_fill(far[:, None], 0.0)
-            v = torch.linalg.svd(Yc, full_matrices=False).Vh[0]
-            scores = (Yc @ v).square().masked_fill(far, float("inf"))
+            # Top right singular vector v of Yc: with Yc Yc^T u = lam u, (Yc v)_i^2 = lam u_i^2, so
+            # the (n, n) eigenproblem replaces an SVD of the (n, b) sample.
+            lam, U = torch.linalg.eigh(Yc @ Yc.T)
+            scores = (lam[-1] * U[:, -1].square()).masked_fill(far, float("inf"))
             order = torch.sort(scores, descending=True, stable=True).indices
             keep = torch.ones(n, dtype=torch.bool, device=far.device)
             keep[order[:n_drop]] = False

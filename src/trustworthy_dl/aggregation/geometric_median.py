@@ -15,6 +15,8 @@ Rows with non-finite values get weight 0.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor
 
@@ -22,12 +24,13 @@ from trustworthy_dl.aggregation._checks import NonNegInt, PosFloat, PosInt, Rang
 from trustworthy_dl.aggregation._rows import Rows, as_rows
 from trustworthy_dl.aggregation.base import AGGREGATORS, AggResult
 from trustworthy_dl.errors import NodeMessageError
-from typing import Annotated
 
 __all__ = ["geometric_median", "weiszfeld"]
 
 
-def weiszfeld(geo_dists_to, alpha_M: Tensor, *, iterations: int, nu: float, tol: float) -> tuple[Tensor, int, float]:
+def weiszfeld(
+    geo_dists_to, alpha_M: Tensor, *, iterations: int, nu: float, tol: float
+) -> tuple[Tensor, int, float]:
     """Smoothed Weiszfeld on coefficients. ``geo_dists_to(c)`` gives squared distances to ``c @ rows``.
 
     Returns (coefficients c_M summing to 1, iterations run, final objective).

@@ -77,7 +77,9 @@ def _greedy(d: list[list[float]], n: int, f: int) -> int:
     return dropped
 
 
-def min_diameter_subset(sq_dists_MM: Tensor, f: int, *, max_nodes: int = 200_000) -> tuple[Tensor, float, bool]:
+def min_diameter_subset(
+    sq_dists_MM: Tensor, f: int, *, max_nodes: int = 200_000
+) -> tuple[Tensor, float, bool]:
     """(M,) bool mask of an (n - f)-subset of minimum diameter, its squared diameter, exactness."""
     n = int(sq_dists_MM.shape[0])
     keep_all = torch.ones(n, dtype=torch.bool, device=sq_dists_MM.device)

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from torch import Tensor
 
 from trustworthy_dl.aggregation._checks import check_f, check_params, param_defaults
+from trustworthy_dl.aggregation._parallel import single_threaded
 from trustworthy_dl.aggregation._rows import Rows
 from trustworthy_dl.aggregation.base import AGGREGATORS, PRE_AGGREGATORS, AggResult
 from trustworthy_dl.errors import ConfigError
@@ -39,7 +41,9 @@ class Stage:
     ones are classes built once as ``Cls(f=f, **params)`` and called ``obj(updates, f=f)``.
     """
 
-    def __init__(self, registry: Registry[Callable[..., Any]], kind: str, spec: Mapping[str, Any], f: int) -> None:
+    def __init__(
+        self, registry: Registry[Callable[..., Any]], kind: str, spec: Mapping[str, Any], f: int
+    ) -> None:
         spec = dict(spec)
         if "name" not in spec:
             raise ConfigError(f"{kind} entry {spec!r} has no 'name'")
@@ -88,13 +92,12 @@ class Aggregator:
         self.f = aggregator.f
 
     def __call__(self, updates_ND: Tensor, weights_N: Any = None, *, f: int | None = None) -> AggResult:
-        if not self.pre:
-            out: AggResult = self.aggregator(Rows(updates_ND, weights_N, rule=self.name), f)
-            return out
         rows = Rows(updates_ND, weights_N, rule=self.name)
-        for stage in self.pre:
-            rows = stage(rows, f)
-        out = self.aggregator(rows, f)
+        # Small ops single-threaded, passes over the data split across threads (see _parallel).
+        with single_threaded() if rows.X.device.type == "cpu" else nullcontext():
+            for stage in self.pre:
+                rows = stage(rows, f)
+            out: AggResult = self.aggregator(rows, f)
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -104,7 +107,9 @@ class Aggregator:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         pre = list(state.get("pre", []))
         if len(pre) != len(self.pre):
-            raise ConfigError(f"state has {len(pre)} pre-aggregator entries, pipeline {self.name!r} has {len(self.pre)}")
+            raise ConfigError(
+                f"state has {len(pre)} pre-aggregator entries, pipeline {self.name!r} has {len(self.pre)}"
+            )
         self.aggregator.load_state_dict(state.get("aggregator", {}))
         for stage, st in zip(self.pre, pre):
             stage.load_state_dict(st)
@@ -136,7 +141,9 @@ def build_aggregator(
     return Aggregator(Stage(AGGREGATORS, "aggregator", spec, f), stages)
 
 
-def get_aggregator(name: str, *, f: int, pre: Sequence[Mapping[str, Any]] | None = None, **params: Any) -> Aggregator:
+def get_aggregator(
+    name: str, *, f: int, pre: Sequence[Mapping[str, Any]] | None = None, **params: Any
+) -> Aggregator:
     """``get_aggregator("krum", f=2)`` -> callable ``agg(updates_ND, weights_N=None) -> AggResult``."""
     return build_aggregator(name, f=f, params=params, pre=pre)
 

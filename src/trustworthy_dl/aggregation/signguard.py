@@ -105,7 +105,9 @@ class SignGuard:
         self.sample_fraction, self.quantile, self.seed = float(sample_fraction), float(quantile), seed
         self.rounds = 0
 
-    def __call__(self, updates: Tensor | Rows, weights_N: Tensor | None = None, *, f: int | None = None) -> AggResult:
+    def __call__(
+        self, updates: Tensor | Rows, weights_N: Tensor | None = None, *, f: int | None = None
+    ) -> AggResult:
         rows = as_rows(updates, weights_N, "signguard")
         f = self.f if f is None else check_f("signguard", f)
         n = rows.n
@@ -130,7 +132,12 @@ class SignGuard:
         w = rows.weights * good
         w = w / w.sum() if float(w.sum()) > 0 else good.to(torch.float64) / max(1, int(good.sum()))
         e = (w * clip).masked_fill(~good, 0.0)
-        info = {"n": n, "median_norm": med, "norm_filter": int(by_norm.sum()), "sign_filter": int(by_sign.sum())}
+        info = {
+            "n": n,
+            "median_norm": med,
+            "norm_filter": int(by_norm.sum()),
+            "sign_filter": int(by_sign.sum()),
+        }
         return rows.result(rows.combine(e), e, good, info)
 
     def state_dict(self) -> dict[str, Any]:
@@ -138,5 +145,7 @@ class SignGuard:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if set(state) - {"rounds"}:
-            raise ConfigError(f"signguard state has unknown keys {sorted(set(state) - {'rounds'})}; valid: rounds")
+            raise ConfigError(
+                f"signguard state has unknown keys {sorted(set(state) - {'rounds'})}; valid: rounds"
+            )
         self.rounds = int(state.get("rounds", 0))

@@ -117,7 +117,8 @@ class RoundLoop:
         self, r: int, updates_ND: Tensor, assignment: list[list[int]], tampered: list[int], timer: _Timer
     ) -> dict[str, Any]:
         """The coordinator's part: attack simulation, security, trust, aggregation, scheduling."""
-        exp, rec = self.exp, {}
+        exp = self.exp
+        rec: dict[str, Any] = {}
         with timer("attack"):
             updates_ND = exp.adversary.corrupt(updates_ND, round=r, aggregator=exp.aggregator)
         n = updates_ND.shape[0]
@@ -146,8 +147,11 @@ class RoundLoop:
             if events.reinstated:
                 rec["reinstated_now"] = events.reinstated
         active_N = exp.trust.active_N
+        # A quarantined node is counted against the Byzantine budget f: the active nodes hold at most
+        # f - q Byzantine ones, so the rule stops discarding honest work once the attackers are out.
+        f_eff = max(0, exp.aggregator.f - int((~active_N).sum()))
         with timer("aggregate"):
-            result = exp.aggregator(updates_ND[active_N])
+            result = exp.aggregator(updates_ND[active_N], f=f_eff)
             self.agg_D.copy_(result.value_D)
         with timer("schedule"):
             moves = exp.scheduler.reassign(active_N, round_idx=r)
@@ -163,6 +167,7 @@ class RoundLoop:
             verify_seconds=verify_s,
         )
         rec["num_active"] = int(active_N.sum())
+        rec["f_eff"] = f_eff
         if exp.security is not None:
             rec["trust"] = [round(float(s), 4) for s in exp.trust.scores]
             rec["quarantined"] = torch.nonzero(exp.trust.quarantined_N).flatten().tolist()

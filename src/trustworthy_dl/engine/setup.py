@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trustworthy_dl.aggregation import build_aggregator
+from trustworthy_dl.aggregation import aggregator_params, build_aggregator
 from trustworthy_dl.attacks import AdversarialAttacker
 from trustworthy_dl.config import Config
 from trustworthy_dl.data import DatasetBundle, load_dataset
@@ -24,7 +24,7 @@ from trustworthy_dl.engine.flat import FlatModel
 from trustworthy_dl.engine.node_compute import NodeComputer
 from trustworthy_dl.engine.optim import CoordinatorOptimizer
 from trustworthy_dl.engine.task import Task
-from trustworthy_dl.errors import ConfigError
+from trustworthy_dl.errors import ConfigError, TdlError
 from trustworthy_dl.models import get_model
 from trustworthy_dl.security.layer import SecurityLayer, build_security
 from trustworthy_dl.trust import ShardScheduler, TrustManager
@@ -149,15 +149,7 @@ def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
         total = min(total, tcfg.max_rounds)
 
     adversary = AdversarialAttacker(cfg.attack, num_nodes=n, seed=cfg.seed)
-    f = cfg.num_byzantine
-    params = dict(cfg.aggregation.params)
-    f_agg = int(params.pop("f", f))
-    aggregator = build_aggregator(
-        cfg.aggregation.name,
-        f=f_agg,
-        params=params,
-        pre=[{"name": p.name, **p.params} for p in cfg.aggregation.pre],
-    )
+    aggregator = build_run_aggregator(cfg)
     trust = TrustManager.from_config(n, cfg)
     scheduler = ShardScheduler(n)
     security = build_security(cfg, num_nodes=n)
@@ -180,6 +172,24 @@ def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
         rounds_per_epoch=rounds_per_epoch,
         total_rounds=max(total, 1),
     )
+
+
+def build_run_aggregator(cfg: Config) -> Any:
+    """The configured aggregator; ``f`` defaults to the run's Byzantine count, seeded rules get the run seed."""
+    params = dict(cfg.aggregation.params)
+    f = int(params.pop("f", cfg.num_byzantine))
+    try:
+        if "seed" in aggregator_params(cfg.aggregation.name):
+            params.setdefault("seed", cfg.seed)
+        pre = []
+        for p in cfg.aggregation.pre:
+            stage = {"name": p.name, **p.params}
+            if "seed" in aggregator_params(p.name, pre=True):
+                stage.setdefault("seed", cfg.seed)
+            pre.append(stage)
+        return build_aggregator(cfg.aggregation.name, f=f, params=params, pre=pre)
+    except TdlError as err:
+        raise ConfigError(f"aggregation: {err}") from None
 
 
 def headline(cfg: Config) -> dict[str, Any]:

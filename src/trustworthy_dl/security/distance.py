@@ -18,6 +18,14 @@ All distances come from one float64 Gram matrix of the sampled coordinates (floa
 small distances between near-identical rows to cancellation). Tolerance: fewer than N/2
 Byzantine rows, so the medians and MADs stay honest.
 
+Calibration (:data:`DEFAULT_THRESHOLDS`, 8 for every statistic): honest per-node gradients of a
+small CNN on Fashion-MNIST (16 nodes, batch 32, 80k parameters, 78 rounds sampled over 300
+rounds of training, IID and Dirichlet 0.5, two seeds each) have heavy-tailed robust z-scores:
+the largest of 1,248 honest node-rounds per partition was 8.1 (cosine), 8.2 (norm), 8.0 (krum)
+and 6.6 (collusion), the 99.9% quantiles 4.8-7.9. At 8 the method flags 0.2-0.3% of honest
+node-rounds without attack and 0.1-0.9% with one; colluding identical rows score 40 or more on
+``collusion``, Gaussian noise (std 200) 10 or more on ``norm`` and ``krum``.
+
 Legend: N nodes, d sampled coordinates.
 """
 

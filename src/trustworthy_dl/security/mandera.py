@@ -12,10 +12,18 @@ The paper always flags the smaller group. Here it is flagged only when the split
 significant, so that a round without attackers flags no one: a member of the smaller group is
 flagged when its distance to the larger group's (coordinate-wise median) centre exceeds both
 ``threshold`` times the larger group's spread (the median distance of its members to that
-centre; identical members counted once) and the absolute floor ``min_gap``. The spread test adapts to how heterogeneous honest
-data are (non-IID nodes spread the blob); the floor keeps an extremely tight honest blob (IID,
-large d) from turning a negligible gap into a flag. Tolerance: fewer than N/2 Byzantine nodes
-(the smaller group is the malicious one); a group of exactly N/2 is never flagged.
+centre; identical members counted once) and the absolute floor ``min_gap``. The spread test
+adapts to how heterogeneous honest data are (non-IID nodes spread the blob); the floor keeps an
+extremely tight honest blob (IID, large d) from turning a negligible gap into a flag.
+Tolerance: fewer than N/2 Byzantine nodes (the smaller group is the malicious one); a group of
+exactly N/2 is never flagged.
+
+Calibration (``threshold=8``, ``min_gap=0.3``): on honest gradients of a small CNN on
+Fashion-MNIST (16 nodes, batch 32, 78 rounds sampled over 300, two seeds) the farthest member
+of the smaller group sat at most 6.4 spreads / 0.35 from the majority centre for IID data and,
+in all but two of 1,248 Dirichlet-0.5 node-rounds, at most 8.4 spreads / 0.5: 0 and 2 false
+flags. ALIE and mean-shift groups sit 8-15 spreads / 0.9-1.3 away (flagged in 94-100% of
+rounds); with an attack the honest false-flag rate stays at or below 0.3%.
 
 Legend: N nodes, d sampled coordinates.
 """

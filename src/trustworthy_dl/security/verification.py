@@ -9,7 +9,10 @@ check with probability ``spot_check_fraction`` per round. Unflagged nodes whose 
 is high but below the flag threshold ("suspects", the few most suspicious) are checked too:
 early in training a label-flipping node is not an outlier yet, but it is already among the
 most suspicious, so it is caught in a round or two at the cost of about one extra
-re-computation per round. A node that failed a check is watched
+re-computation per round. Trust is earned: in the first ``warmup_rounds`` rounds every node is
+checked (N re-computations per round, once per run), so an attacker that is active from the
+start, even a data attack whose updates look honest until the model has learnt something, is
+confirmed in round 0. A node that failed a check is watched
 (re-checked every round) until it passes ``watch_rounds`` checks in a row, and quarantined nodes
 are checked every round (probation), so that once caught an attacker stays caught.
 
@@ -81,6 +84,7 @@ class GradientVerifier:
             threshold) are checked as suspects when ``select`` is given scores.
         max_suspects: at most this many suspects per round, highest scores first (None:
             ceil(N / 8)); 0 disables suspect checks.
+        warmup_rounds: rounds (from round 0) in which every node is checked.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class GradientVerifier:
         verify_quarantined: bool = True,
         suspect_score: float = 0.5,
         max_suspects: int | None = None,
+        warmup_rounds: int = 3,
     ) -> None:
         if not (rtol >= 0 and atol >= 0):
             raise ValueError(f"rtol and atol must be >= 0, got rtol={rtol}, atol={atol}")
@@ -101,6 +106,8 @@ class GradientVerifier:
             raise ValueError(f"spot_check_fraction must be in [0, 1], got {spot_check_fraction}")
         if watch_rounds < 0:
             raise ValueError(f"watch_rounds must be >= 0, got {watch_rounds}")
+        if warmup_rounds < 0:
+            raise ValueError(f"warmup_rounds must be >= 0, got {warmup_rounds}")
         if max_suspects is not None and max_suspects < 0:
             raise ValueError(f"max_suspects must be >= 0 or None, got {max_suspects}")
         self.rtol, self.atol = rtol, atol
@@ -110,6 +117,7 @@ class GradientVerifier:
         self.verify_quarantined = verify_quarantined
         self.suspect_score = suspect_score
         self.max_suspects = max_suspects
+        self.warmup_rounds = warmup_rounds
         self._watch: dict[int, int] = {}  # node -> clean checks still needed
         self.last_selection: dict[int, str] = {}  # node -> why it was selected (for logs)
 
@@ -130,7 +138,7 @@ class GradientVerifier:
         """Node ids to re-compute this round, ascending.
 
         All flagged nodes, all watched nodes, all quarantined (``~active_N``) nodes when
-        ``verify_quarantined``, the most suspicious remaining nodes by ``scores_N`` (stage 1's
+        ``verify_quarantined``, every node in a warm-up round, the most suspicious remaining nodes by ``scores_N`` (stage 1's
         scores, optional), and a random ``spot_check_fraction`` of the remaining active nodes.
         The reason for each is kept in :attr:`last_selection`.
         """
@@ -148,6 +156,8 @@ class GradientVerifier:
                 reasons[i] = "watched"
             elif self.verify_quarantined and not active_N[i]:
                 reasons[i] = "probation"
+            elif round_idx < self.warmup_rounds:
+                reasons[i] = "warm-up"
         if scores_N is not None:
             cap = math.ceil(n / 8) if self.max_suspects is None else self.max_suspects
             s = scores_N.detach().to(device="cpu", dtype=torch.float64).reshape(-1)

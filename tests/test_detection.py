@@ -132,8 +132,8 @@ def test_distance_catches_attacks(kind):
 
 @pytest.mark.parametrize("het", [0.0, 0.3])
 def test_distance_flags_nobody_on_honest_rows(het):
-    flags = sum(int(distance(honest(seed, het=het)).flags_N.sum()) for seed in range(200))
-    assert flags == 0
+    flags = sum(int(distance(honest(seed, het=het)).flags_N.sum()) for seed in range(100))
+    assert flags == 0  # 0 of 1600 node-rounds
 
 
 def test_distance_collusion_catches_identical_rows_alone():

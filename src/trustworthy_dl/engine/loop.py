@@ -29,8 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from trustworthy_dl.aggregation import AggResult
 from trustworthy_dl.engine.setup import Experiment, headline
 from trustworthy_dl.engine.task import evaluate
+from trustworthy_dl.errors import ConfigError
 from trustworthy_dl.report.console import RunProgress
 from trustworthy_dl.report.metrics import MetricsLog
 from trustworthy_dl.report.plots import plot_training
@@ -123,6 +125,7 @@ class RoundLoop:
             updates_ND = exp.adversary.corrupt(updates_ND, round=r, aggregator=exp.aggregator)
         n = updates_ND.shape[0]
         positive_N = torch.zeros(n, dtype=torch.bool)
+        use_N = exp.trust.active_N
         stage1_N: Tensor | None = None
         recomputations, verify_s = 0, 0.0
         if exp.security is not None:
@@ -141,6 +144,8 @@ class RoundLoop:
             )
             with timer("trust"):
                 events = exp.trust.update(verdict.evidence_N)
+            # trusted and not counted against this round: a row caught now never reaches the aggregate
+            use_N = verdict.aggregate_mask(exp.trust.active_N)
             rec["security"] = sec_rec
             if events.quarantined:
                 rec["quarantined_now"] = events.quarantined
@@ -151,8 +156,9 @@ class RoundLoop:
         # f - q Byzantine ones, so the rule stops discarding honest work once the attackers are out.
         f_eff = max(0, exp.aggregator.f - int((~active_N).sum()))
         with timer("aggregate"):
-            result = exp.aggregator(updates_ND[active_N], f=f_eff)
-            self.agg_D.copy_(result.value_D)
+            result, f_eff = self._aggregate(updates_ND[use_N], f_eff)
+        if result is None:
+            rec["skipped_update"] = "no trusted row to aggregate"
         with timer("schedule"):
             moves = exp.scheduler.reassign(active_N, round_idx=r)
         if moves:
@@ -167,13 +173,33 @@ class RoundLoop:
             verify_seconds=verify_s,
         )
         rec["num_active"] = int(active_N.sum())
+        rec["num_aggregated"] = int(use_N.sum())
         rec["f_eff"] = f_eff
         if exp.security is not None:
             rec["trust"] = [round(float(s), 4) for s in exp.trust.scores]
             rec["quarantined"] = torch.nonzero(exp.trust.quarantined_N).flatten().tolist()
-        if result.info:
+        if result is not None and result.info:
             rec["aggregator"] = result.info
         return rec
+
+    def _aggregate(self, rows_MD: Tensor, f: int) -> tuple[AggResult | None, int]:
+        """Aggregate the usable rows into ``agg_D``; lower f while the rule cannot tolerate it for M rows.
+
+        Returns (None, f) and a zero update when no row is usable (every node distrusted).
+        """
+        if rows_MD.shape[0] == 0:
+            self.agg_D.zero_()
+            return None, f
+        while True:
+            try:
+                result = self.exp.aggregator(rows_MD, f=f)
+                break
+            except ConfigError:
+                if f == 0:
+                    raise
+                f -= 1
+        self.agg_D.copy_(result.value_D)
+        return result, f
 
     def _tampered(self) -> list[int]:
         """Nodes whose copy of the parameters differs from the coordinator's (torch backend only).

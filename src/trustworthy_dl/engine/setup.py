@@ -57,11 +57,14 @@ class Experiment:
         """The clean batch node ``node`` trains on this round: ``batch_size`` samples per held shard.
 
         A node holding no shard (quarantined: its shards moved to trusted nodes) keeps computing
-        on its home shards on probation: its row is verified but not aggregated.
+        on its home shards on probation: its row is verified but not aggregated. It draws the
+        batch of the next round, so its row never duplicates the current holder's (identical rows
+        look like collusion to stage 1).
         """
-        if not shards:
-            shards = [s for s, home in enumerate(self.scheduler.home) if home == node]
-        idx = torch.cat([self.sampler.batch(s, round_idx) for s in shards]).to(self.data.x_train.device)
+        key = round_idx
+        if not shards:  # probation: the home shard's *next* batch, so it never duplicates the holder's row
+            shards, key = self.scheduler.home_shards(node), round_idx + 1
+        idx = torch.cat([self.sampler.batch(s, key) for s in shards]).to(self.data.x_train.device)
         return self.data.x_train[idx], self.data.y_train[idx]
 
     def is_eval_round(self, r: int) -> bool:

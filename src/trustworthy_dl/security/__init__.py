@@ -3,7 +3,7 @@
 One round (DESIGN.md)::
 
     s1 = detector.inspect(updates_ND, generator=g)                 # stage 1: statistics
-    nodes = verifier.select(s1.flags_N, trust.active_N, r)        # stage 2: whom to re-compute
+    nodes = verifier.select(s1.flags_N, trust.active_N, r, scores_N=s1.scores_N)  # stage 2: whom
     v = verifier.verify(updates_ND, nodes, recompute)
     verdict = make_verdict(N, stage1=s1, verification=v, tampered=monitor.check(params, digests))
     trust.update(verdict.evidence_N)

@@ -73,7 +73,8 @@ class SecurityLayer:
         rec: dict[str, Any] = {}
         if self.verifier is not None:
             flags = stage1.flags_N if stage1 is not None else torch.zeros(n, dtype=torch.bool)
-            nodes = self.verifier.select(flags, active_N, round, generator=gen)
+            scores = stage1.scores_N if stage1 is not None else None
+            nodes = self.verifier.select(flags, active_N, round, scores_N=scores, generator=gen)
             verification = self.verifier.verify(updates_ND, nodes, recompute)
             self.recomputations += verification.recomputations
             self.verify_seconds += verification.seconds

@@ -208,6 +208,18 @@ class SecurityConfig(_Section):
     verification_rtol: float = Field(
         1e-3, ge=0, description="Relative L2 tolerance of a re-computation match."
     )
+    verification_atol: float = Field(1e-8, ge=0, description="Absolute L2 tolerance (near-zero updates).")
+    watch_rounds: int = Field(
+        5, ge=0, description="Clean re-checks a node that failed must pass before it is unwatched."
+    )
+    verify_quarantined: bool = Field(
+        True, description="Re-compute quarantined nodes every round (probation)."
+    )
+    warmup_rounds: int = Field(
+        3,
+        ge=0,
+        description="Rounds at the start in which every node is re-computed (statistics are weak at init).",
+    )
 
 
 class TrustConfig(_Section):

@@ -133,7 +133,13 @@ def build_security(cfg: Config, *, num_nodes: int) -> SecurityLayer | None:
         )
         verifier = (
             GradientVerifier(
-                rtol=s.verification_rtol, spot_check_fraction=s.spot_check_fraction, seed=cfg.seed
+                rtol=s.verification_rtol,
+                atol=s.verification_atol,
+                spot_check_fraction=s.spot_check_fraction,
+                seed=cfg.seed,
+                watch_rounds=s.watch_rounds,
+                verify_quarantined=s.verify_quarantined,
+                warmup_rounds=s.warmup_rounds,
             )
             if s.gradient_verification
             else None

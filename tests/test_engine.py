@@ -140,62 +140,34 @@ def test_unsupported_parallelism_is_a_clear_error() -> None:
         run_experiment(_cfg(distributed={"parallelism": "model"}), write=False)
 
 
+def _cli_run(prefix: list[str], out: Path, overrides: list[str]) -> None:
+    """Run ``<prefix> -m trustworthy_dl run quickstart`` in a subprocess, one thread per process."""
+    sets = [a for o in overrides for a in ("--set", o)]
+    cmd = [sys.executable, *prefix, "-m", "trustworthy_dl", "run", "configs/quickstart.yaml", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [*cmd, "--out", str(out), *sets], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _losses(out: Path) -> list[float]:
+    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.distributed
 def test_torchrun_matches_simulated(tmp_path: Path) -> None:
     """Two processes over gloo on loopback give the simulated run's per-round losses."""
     overrides = ["training.max_rounds=5", "training.batch_size=8", "output.plots=false"]
-    sets = [a for o in overrides for a in ("--set", o)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    sim = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trustworthy_dl",
-            "run",
-            "configs/quickstart.yaml",
-            "--quiet",
-            "--out",
-            str(tmp_path / "sim"),
-            *sets,
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    _cli_run([], tmp_path / "sim", overrides)
+    _cli_run(
+        ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"], tmp_path / "dist", overrides
     )
-    assert sim.returncode == 0, sim.stderr
-    dist = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "trustworthy_dl",
-            "run",
-            "configs/quickstart.yaml",
-            "--quiet",
-            "--out",
-            str(tmp_path / "dist"),
-            *sets,
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert dist.returncode == 0, dist.stderr[-3000:]
-    read = lambda d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    a, b = read("sim"), read("dist")
+    a, b = _losses(tmp_path / "sim"), _losses(tmp_path / "dist")
     assert len(a) == len(b) == 5
-    for ra, rb in zip(a, b):
-        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-6)
-    summary = json.loads((tmp_path / "dist" / "summary.json").read_text())
-    assert summary["backend"] == "torch.distributed/gloo" and summary["processes"] == 2
-    assert summary["final"]["test_accuracy"] == pytest.approx(
-        json.loads((tmp_path / "sim" / "summary.json").read_text())["final"]["test_accuracy"], abs=1e-6
-    )
+    assert b == pytest.approx(a, rel=1e-5, abs=1e-6)
+    dist = json.loads((tmp_path / "dist" / "summary.json").read_text())
+    sim = json.loads((tmp_path / "sim" / "summary.json").read_text())
+    assert dist["backend"] == "torch.distributed/gloo" and dist["processes"] == 2
+    assert sim["backend"] == "simulated" and sim["simulated"] is True
+    assert dist["final"]["test_accuracy"] == pytest.approx(sim["final"]["test_accuracy"], abs=1e-6)

@@ -171,3 +171,24 @@ def test_torchrun_matches_simulated(tmp_path: Path) -> None:
     assert dist["backend"] == "torch.distributed/gloo" and dist["processes"] == 2
     assert sim["backend"] == "simulated" and sim["simulated"] is True
     assert dist["final"]["test_accuracy"] == pytest.approx(sim["final"]["test_accuracy"], abs=1e-6)
+
+
+@pytest.mark.distributed
+def test_torchrun_defence_quarantines_the_byzantine_nodes(tmp_path: Path) -> None:
+    """Under torchrun the coordinator gathers rows, verifies, quarantines; parameter digests travel as tensors."""
+    overrides = [
+        "training.max_rounds=6",
+        "training.batch_size=8",
+        "output.plots=false",
+        "attack.name=sign_flip",
+        "attack.num_byzantine=2",
+        "security.attack_detection=true",
+        "security.gradient_verification=true",
+        "aggregation.name=median",
+    ]
+    _cli_run(
+        ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"], tmp_path / "d", overrides
+    )
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert summary["trust"]["quarantined"] == summary["byzantine_ids"]
+    assert summary["detection"]["latency_rounds_max"] <= 3 and summary["detection"]["fp"] == 0

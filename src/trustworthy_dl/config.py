@@ -268,7 +268,7 @@ class Config(_Section):
             raise ValueError(f"attack.num_byzantine={self.num_byzantine} must be < distributed.num_nodes={n}")
         import torch
 
-        from trustworthy_dl.engine.setup import build_run_aggregator
+        from trustworthy_dl.aggregation.configured import build_run_aggregator
 
         # unknown aggregator or parameter, or a tolerance condition that fails for N, fails at load time
         build_run_aggregator(self)(torch.zeros(n, 2))
@@ -297,7 +297,7 @@ class Config(_Section):
 # --------------------------------------------------------------------------- loading & errors
 
 
-def _format_validation_error(err: ValidationError, data: dict[str, Any]) -> str:
+def _format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         loc = [str(p) for p in e["loc"]]
@@ -333,7 +333,7 @@ def config_from_dict(data: dict[str, Any] | None) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, data)) from None
+        raise ConfigError(_format_validation_error(err)) from None
     except TdlError as err:  # raised by a registry inside a validator
         raise ConfigError(str(err)) from None
 

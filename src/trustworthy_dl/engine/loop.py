@@ -162,8 +162,8 @@ class RoundLoop:
         with timer("schedule"):
             moves = exp.scheduler.reassign(active_N, round_idx=r)
         if moves:
-            self.reassignments += [m.to_dict() for m in moves]
             rec["reassignments"] = [m.to_dict() for m in moves]
+            self.reassignments += rec["reassignments"]
         self.tracker.record(
             r,
             flags_N=positive_N,

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trustworthy_dl.aggregation import aggregator_params, build_aggregator
+from trustworthy_dl.aggregation.configured import build_run_aggregator
 from trustworthy_dl.attacks import AdversarialAttacker
 from trustworthy_dl.config import Config
 from trustworthy_dl.data import DatasetBundle, load_dataset
@@ -24,8 +24,8 @@ from trustworthy_dl.engine.flat import FlatModel
 from trustworthy_dl.engine.node_compute import NodeComputer
 from trustworthy_dl.engine.optim import CoordinatorOptimizer
 from trustworthy_dl.engine.task import Task
-from trustworthy_dl.errors import ConfigError, TdlError
-from trustworthy_dl.models import get_model
+from trustworthy_dl.errors import ConfigError
+from trustworthy_dl.models import get_model, model_kind
 from trustworthy_dl.security.layer import SecurityLayer, build_security
 from trustworthy_dl.trust import ShardScheduler, TrustManager
 
@@ -122,7 +122,11 @@ def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
     data.x_test, data.y_test = data.x_test.to(device), data.y_test.to(device)
 
     torch.manual_seed(cfg.seed)  # model initialisation: identical on every backend and rank
-    model_kind = "text" if data.kind == "text" else "image"
+    if model_kind(cfg.model.name) != data.kind:
+        raise ConfigError(
+            f"model.name={cfg.model.name!r} is a {model_kind(cfg.model.name)} model but data.name={cfg.data.name!r} "
+            f"is a {data.kind} dataset"
+        )
     model = get_model(
         cfg.model.name,
         num_classes=data.num_classes,
@@ -133,13 +137,6 @@ def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
         vocab_size=data.vocab_size or data.num_classes,
         block_size=cfg.data.block_size,
     ).to(device)
-    from trustworthy_dl.models import model_kind as _kind
-
-    if _kind(cfg.model.name) != model_kind:
-        raise ConfigError(
-            f"model.name={cfg.model.name!r} is a {_kind(cfg.model.name)} model but data.name={cfg.data.name!r} "
-            f"is a {model_kind} dataset"
-        )
     model.train()
     flat = FlatModel(model)
     task = Task(data.kind)
@@ -175,24 +172,6 @@ def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
         rounds_per_epoch=rounds_per_epoch,
         total_rounds=max(total, 1),
     )
-
-
-def build_run_aggregator(cfg: Config) -> Any:
-    """The configured aggregator; ``f`` defaults to the run's Byzantine count, seeded rules get the run seed."""
-    params = dict(cfg.aggregation.params)
-    f = int(params.pop("f", cfg.num_byzantine))
-    try:
-        if "seed" in aggregator_params(cfg.aggregation.name):
-            params.setdefault("seed", cfg.seed)
-        pre = []
-        for p in cfg.aggregation.pre:
-            stage = {"name": p.name, **p.params}
-            if "seed" in aggregator_params(p.name, pre=True):
-                stage.setdefault("seed", cfg.seed)
-            pre.append(stage)
-        return build_aggregator(cfg.aggregation.name, f=f, params=params, pre=pre)
-    except TdlError as err:
-        raise ConfigError(f"aggregation: {err}") from None
 
 
 def headline(cfg: Config) -> dict[str, Any]:

@@ -6,7 +6,7 @@ and return ``logits_BLV``. Models are built from code only (no download).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -14,7 +14,15 @@ from torch import nn
 
 from trustworthy_dl.registry import Registry
 
-__all__ = ["MODELS", "ModelSpec", "get_model", "list_models", "model_sizes", "register_model"]
+__all__ = [
+    "MODELS",
+    "ModelSpec",
+    "get_model",
+    "list_models",
+    "model_sizes",
+    "register_architectures",
+    "register_model",
+]
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,31 @@ def register_model(
         return builder
 
     return deco
+
+
+def register_architectures(names: Iterable[str], build: Callable[..., nn.Module], module: str) -> None:
+    """Register one-size image architectures: ``build(name, *, num_classes, in_channels, image_size, norm)``."""
+    for name in names:
+
+        def builder(
+            *,
+            size: str,
+            num_classes: int,
+            in_channels: int,
+            image_size: int,
+            norm: str,
+            vocab_size: int,
+            block_size: int,
+            _name: str = name,
+        ) -> nn.Module:
+            del size, vocab_size, block_size  # one size; image model
+            return build(
+                _name, num_classes=num_classes, in_channels=in_channels, image_size=image_size, norm=norm
+            )
+
+        builder.__name__ = builder.__qualname__ = f"build_{name}"
+        builder.__doc__ = f"{name}: see :mod:`{module}`."
+        register_model(name)(builder)
 
 
 def list_models() -> list[str]:

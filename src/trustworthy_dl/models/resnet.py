@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from trustworthy_dl.models.norm import make_norm
-from trustworthy_dl.models.registry import register_model
+from trustworthy_dl.models.registry import register_architectures
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "build_resnet"]
 
@@ -131,26 +131,4 @@ def build_resnet(name: str, *, num_classes: int, in_channels: int, image_size: i
     )
 
 
-def _register(name: str) -> None:
-    @register_model(name)
-    def builder(
-        *,
-        size: str,
-        num_classes: int,
-        in_channels: int,
-        image_size: int,
-        norm: str,
-        vocab_size: int,
-        block_size: int,
-    ) -> nn.Module:
-        del size, vocab_size, block_size  # one size; image model
-        return build_resnet(
-            name, num_classes=num_classes, in_channels=in_channels, image_size=image_size, norm=norm
-        )
-
-    builder.__name__ = builder.__qualname__ = f"build_{name}"
-    builder.__doc__ = f"{name}: see :mod:`trustworthy_dl.models.resnet`."
-
-
-for _name in _ARCHS:
-    _register(_name)
+register_architectures(_ARCHS, build_resnet, __name__)

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from torch import nn
 
 from trustworthy_dl.models.norm import make_norm
-from trustworthy_dl.models.registry import register_model
+from trustworthy_dl.models.registry import register_architectures
 
 __all__ = ["VGG", "build_vgg"]
 
@@ -63,26 +63,4 @@ def build_vgg(name: str, *, num_classes: int, in_channels: int, image_size: int,
     )
 
 
-def _register(name: str) -> None:
-    @register_model(name)
-    def builder(
-        *,
-        size: str,
-        num_classes: int,
-        in_channels: int,
-        image_size: int,
-        norm: str,
-        vocab_size: int,
-        block_size: int,
-    ) -> nn.Module:
-        del size, vocab_size, block_size  # one size; image model
-        return build_vgg(
-            name, num_classes=num_classes, in_channels=in_channels, image_size=image_size, norm=norm
-        )
-
-    builder.__name__ = builder.__qualname__ = f"build_{name}"
-    builder.__doc__ = f"{name}: see :mod:`trustworthy_dl.models.vgg`."
-
-
-for _name in _CONFIGS:
-    _register(_name)
+register_architectures(_CONFIGS, build_vgg, __name__)

@@ -101,3 +101,50 @@ def test_sweep_grid_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(args) == 0  # resumes: nothing left to run
     assert "2 already done" in capsys.readouterr().out
     assert main(["sweep", "--grid", "attack.name=nosuch", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_sweep_cases_axis_and_changed_config_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = tmp_path / "cases.yaml"
+    cases.write_text(
+        "flip4: {attack.name: sign_flip, attack.params.scale: 4}\n"
+        "boost: {attack.name: scaling, attack.params.scale: 100}\n"
+    )
+    base = [
+        "sweep",
+        "--cases",
+        str(cases),
+        "--grid",
+        "data.partition=iid",
+        *("--set", "attack.num_byzantine=1", "--set", "training.max_rounds=2"),
+        *("--set", "training.batch_size=8", "--set", "distributed.num_nodes=4"),
+        "--out",
+        str(tmp_path / "sw"),
+    ]
+    assert main(base) == 0
+    rows = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [(r["case"], r["attack.name"], r["attack.params.scale"]) for r in rows] == [
+        ("flip4", "sign_flip", 4),
+        ("boost", "scaling", 100),
+    ]
+    saved = (tmp_path / "sw" / "case=flip4-partition=iid" / "config.yaml").read_text()
+    assert "scale: 4" in saved
+    capsys.readouterr()
+    # the same case name with another strength must not silently reuse the old run
+    cases.write_text("flip4: {attack.name: sign_flip, attack.params.scale: 2}\n")
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "different 'attack' section" in err and "case=flip4" in err
+    # bad case files name the problem
+    cases.write_text("- just a list\n")
+    assert main(base) == 2
+    assert "must map case names" in capsys.readouterr().err
+    cases.write_text("flip4: {attack.name: sign_flip}\nx: {attack.name: nosuch}\n")
+    assert main([*base[:3], "--grid", "case=nope", *base[3:]]) == 2
+    assert "no case named ['nope']" in capsys.readouterr().err
+    assert main(base) == 2
+    assert "sweep point case=x" in capsys.readouterr().err
+    # picking cases with --grid case=... skips the others (here the bad one)
+    assert main([*base[:3], "--grid", "case=flip4", *base[3:-2], "--out", str(tmp_path / "sw2")]) == 0
+    assert [r["case"] for r in json.loads((tmp_path / "sw2" / "sweep.json").read_text())] == ["flip4"]

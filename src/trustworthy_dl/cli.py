@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--grid", action="append", default=[], metavar="KEY=V1,V2", help="one axis of the grid (repeatable)"
     )
+    sweep.add_argument(
+        "--cases", metavar="FILE", help="YAML mapping case name -> {key: value} overrides: one more axis"
+    )
     sweep.add_argument("--out", required=True, help="sweep directory (one sub-directory per grid point)")
     sweep.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each)")
     sweep.add_argument("--columns", help="comma-separated columns of the printed table")
@@ -116,11 +119,18 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from trustworthy_dl.engine.sweep import markdown_table, run_sweep
+    from trustworthy_dl.engine.sweep import markdown_table, read_cases, run_sweep
 
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    cases = read_cases(args.cases) if args.cases else None
     rows = run_sweep(
-        args.config, args.grid, out=Path(args.out), overrides=args.overrides, jobs=args.jobs, columns=columns
+        args.config,
+        args.grid,
+        out=Path(args.out),
+        overrides=args.overrides,
+        jobs=args.jobs,
+        columns=columns,
+        cases=cases,
     )
     print(markdown_table(rows, columns), end="")
     return 0

@@ -75,11 +75,11 @@ def test_pruned_median_is_cheaper_than_a_full_sort() -> None:
 def test_coordinate_statistics_across_blocks(n: int, block: int | None) -> None:
     X = torch.randn(n, 200, generator=_gen(n))
     S = X.double().sort(0).values
-    med, shares = coordinate_median(Rows(X), block=block)
+    med, shares, _ = coordinate_median(Rows(X), block=block)
     torch.testing.assert_close(med.double(), (S[(n - 1) // 2] + S[n // 2]) / 2)
     assert shares.shape == (n,) and abs(float(shares.sum()) - 1) < 1e-9
     for f in (0, 1, (n - 1) // 2):
-        tm, _ = trimmed_mean_coordinates(Rows(X), f, block=block)
+        tm, _, _ = trimmed_mean_coordinates(Rows(X), f, block=block)
         torch.testing.assert_close(tm.double(), S[f : n - f].mean(0), atol=1e-6, rtol=1e-6)
 
 
@@ -99,8 +99,8 @@ def test_nan_and_inf_rows_are_trimmed_not_propagated() -> None:
     X[0] = float("nan")
     X[3, ::2] = float("inf")
     X[3, 1::2] = -float("inf")
-    med, shares = coordinate_median(Rows(X))
-    tm, _ = trimmed_mean_coordinates(Rows(X), 2)
+    med, shares, _ = coordinate_median(Rows(X))
+    tm, _, _ = trimmed_mean_coordinates(Rows(X), 2)
     assert torch.isfinite(med).all() and torch.isfinite(tm).all()
     assert shares[0] == 0  # a NaN row is never a middle value
 
@@ -110,7 +110,7 @@ def test_mixing_path_keeps_nan_rows_out_of_clean_mixtures() -> None:
     X[4, 3] = float("nan")
     C = torch.tensor([[0.5, 0.5, 0, 0, 0], [0, 0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5, 0], [0, 0, 0, 0.5, 0.5]])
     rows = Rows(X).mix(C, torch.full((4,), 0.25, dtype=torch.float64), "test")
-    med, _ = coordinate_median(rows, block=16)
+    med, _, _ = coordinate_median(rows, block=16)
     Y = C.double() @ torch.nan_to_num(X.double(), nan=0.0)
     Y[3, :16] = float("inf")  # only the mixture that holds the NaN is poisoned, in its block only
     S = Y.sort(0).values
@@ -187,3 +187,70 @@ def test_mda_search_is_fast_for_large_n() -> None:
     X = torch.randn(64, 50, generator=_gen(9)).double()
     mask, _, exact = min_diameter_subset(torch.cdist(X, X).square(), 15)
     assert exact and int(mask.sum()) == 49
+
+
+# --------------------------------------------------------------------------- native kernel
+
+
+def _both_paths(fn, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    from trustworthy_dl.aggregation import _sortnet
+
+    native = fn()
+    with monkeypatch.context() as m:
+        m.setattr(_sortnet, "_native", lambda plan, middle, X: None)
+        torch_path = fn()
+    return native, torch_path
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equal values (NaN where the other has NaN: f = 0 keeps +inf and -inf rows)."""
+    return a.dtype == b.dtype and bool(torch.equal(a.view(torch.int32), b.view(torch.int32)))
+
+
+def test_native_kernel_builds_here() -> None:
+    # The CI machine has a C compiler: the fast path must not silently fall back to torch.
+    from trustworthy_dl.aggregation import _kernel, _sortnet
+
+    wide = _kernel.MIN_COLUMNS
+    plan = median_plan(4)
+    assert _sortnet._native(plan, (1, 2), torch.zeros(4, wide)) is not None
+    assert _sortnet._native(plan, (1, 2), torch.zeros(4, wide, dtype=torch.float64)) is None
+    assert _sortnet._native(plan, (1, 2), torch.zeros(wide, 4).t()) is None  # columns not contiguous
+    assert _sortnet._native(plan, (1, 2), torch.zeros(4, 8)) is None  # narrow: the torch path
+    src = _kernel.source([(0, 0, 1, 4), (1, 0, 1, 1)], (4, 1, 2, 3), 1, 2)
+    assert "r4 = r0 < r1 ? r0 : r1;" in src and "r1 = r0 > r1 ? r0 : r1;" in src
+    assert "(r1 + r2) * 0x1.0000000000000p-1f" in src
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 17, 33])
+def test_native_kernel_equals_torch_path_bitwise(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    g = _gen(n)
+    D = 70_001  # several tiles, several blocks, ragged tail
+    X = torch.randn(n, D, generator=g) * torch.logspace(-3, 3, D)
+    if n > 2:
+        X[0, ::7] = float("nan")
+        X[1, ::11] = float("inf")
+        X[2, 5::13] = -float("inf")
+    (m1, s1, k1), (m2, s2, k2) = _both_paths(lambda: coordinate_median(Rows(X)), monkeypatch)
+    assert (k1, k2) == ("native", "torch")
+    assert _same(m1, m2) and torch.equal(s1, s2)
+    for f in {0, (n - 1) // 2, max(0, n // 4)}:
+        (t1, u1, _), (t2, u2, _) = _both_paths(lambda f=f: trimmed_mean_coordinates(Rows(X), f), monkeypatch)
+        assert _same(t1, t2), f
+        assert torch.equal(u1, u2), f
+
+
+def test_native_kernel_on_mixed_rows_and_strided_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = _gen(5)
+    big = torch.randn(9, 90_000, generator=g)
+    X = big[:, 1000:71_000]  # a view: row stride 90_000
+    X[3, 17] = float("nan")
+    C = torch.rand(6, 9, generator=g, dtype=torch.float64)
+    C /= C.sum(1, keepdim=True)
+    rows = Rows(X).mix(C, torch.full((6,), 1 / 6, dtype=torch.float64), "test")
+    (m1, s1, k1), (m2, s2, _) = _both_paths(lambda: coordinate_median(rows), monkeypatch)
+    assert k1 == "native" and _same(m1, m2) and torch.equal(s1, s2)
+    (t1, _, _), (t2, _, _) = _both_paths(lambda: trimmed_mean_coordinates(Rows(X), 2), monkeypatch)
+    assert _same(t1, t2)
+    S = torch.nan_to_num(X.double(), nan=float("inf")).sort(0).values
+    torch.testing.assert_close(t1.double(), S[2:7].mean(0), atol=1e-6, rtol=1e-6)

@@ -20,6 +20,11 @@ at most f values at either end of every column, which the statistic trims away.
 The aggregate's per-node weights are measured on a sample of column blocks: the share of sampled
 coordinates in which each row is among the kept values (an approximation, reported as such).
 
+On CPU, median and trimmed mean (a mean of middle wires) over wide inputs run the same plan as a
+native kernel (``_kernel``: the plan compiled to straight-line C, values in registers, one read of
+the data) when it can be built; the torch path below serves everything else (GPU, float64,
+Bulyan, narrow inputs) and computes bitwise the same values.
+
 Legend: M rows, B columns in a block, D columns.
 """
 
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from trustworthy_dl.aggregation import _kernel
 from trustworthy_dl.aggregation._parallel import map_column_chunks
 from trustworthy_dl.aggregation._rows import Rows
 
@@ -123,6 +129,26 @@ def _prune(n: int, needed: set[int], full: bool) -> Plan:
     return _compile(n, kept[::-1])
 
 
+def _native(
+    plan: Plan, middle: tuple[int, int], X: Tensor
+) -> Callable[[Tensor, Tensor, int, int], None] | None:
+    """The plan's native kernel for rows like ``X``, or None (then the torch path runs)."""
+    if (
+        X.device.type != "cpu"
+        or X.dtype != torch.float32
+        or X.stride(1) != 1
+        or X.shape[1] < _kernel.MIN_COLUMNS
+    ):
+        return None
+    return _native_kernel(plan, *middle)
+
+
+@functools.cache
+def _native_kernel(plan: Plan, lo: int, hi: int) -> Callable[[Tensor, Tensor, int, int], None] | None:
+    ops = [(0 if fn is torch.minimum else 1, x, y, o) for fn, x, y, o in plan.ops]
+    return _kernel.middle_mean_kernel(ops, plan.wire_row, lo, hi)
+
+
 @functools.cache
 def median_plan(n: int) -> Plan:
     return _prune(n, {(n - 1) // 2, n // 2}, full=False)
@@ -153,13 +179,20 @@ Reduce = Callable[[list[Tensor], Tensor, bool], tuple[Tensor, Tensor] | None]
 
 
 def _run(
-    rows: Rows, plan: Plan, reduce: Reduce, sel: Tensor | None = None, block: int | None = None
-) -> tuple[Tensor, Tensor]:
+    rows: Rows,
+    plan: Plan,
+    reduce: Reduce,
+    sel: Tensor | None = None,
+    block: int | None = None,
+    middle: tuple[int, int] | None = None,
+) -> tuple[Tensor, Tensor, str]:
     """Run ``plan`` over the column blocks of ``rows`` (or of its rows ``sel``).
 
     ``reduce(wires, out_b, sample)`` writes the block's statistic into ``out_b`` and, when
     ``sample``, returns the (lo, hi) range of kept values for the share measurement.
-    Returns the (D,) statistic and the (M,) float64 kept-coordinate counts.
+    ``middle=(lo, hi)``: the statistic is the mean of wires lo..hi, which the native kernel can
+    compute (``reduce`` then only serves the sampled columns of the share measurement).
+    Returns the (D,) statistic, the (M,) float64 kept-coordinate counts and the kernel used.
     """
     X, D = rows.X, rows.D
     coef = rows.coef
@@ -179,11 +212,48 @@ def _run(
         if bool(torch.equal(torch.diag(d), coef_t)):
             diag = d.contiguous()
 
+    kern = _native(plan, middle, X) if middle is not None and idx is None else None
+    if kern is not None:
+
+        def native(start: int, stop: int) -> None:
+            _native_chunk(X, coef_t, diag, kern, out, start, stop, B)
+
+        map_column_chunks(native, D, B, X.device)
+        # Shares: the torch path on the sampled columns only (the same columns it would sample).
+        cols = [(i * B, min(D, i * B + SHARE_COLUMNS)) for i in sorted(sampled)]
+        Xs = torch.cat([X[:, a:b] for a, b in cols], 1)
+        Bs = min(SHARE_COLUMNS, int(Xs.shape[1]))
+        scratch = torch.empty(Xs.shape[1], dtype=X.dtype, device=X.device)
+        every = set(range(len(cols)))
+        counts = _run_chunk(Xs, coef_t, diag, None, plan, reduce, scratch, every, 0, int(Xs.shape[1]), Bs)
+        return out, counts, "native"
+
     def chunk(start: int, stop: int) -> Tensor:
         return _run_chunk(X, coef_t, diag, idx, plan, reduce, out, sampled, start, stop, B)
 
     counts = torch.stack(map_column_chunks(chunk, D, B, X.device)).sum(0)
-    return out, counts
+    return out, counts, "torch"
+
+
+def _native_chunk(
+    X: Tensor,
+    coef: Tensor | None,
+    diag: Tensor | None,
+    kern: Callable[[Tensor, Tensor, int, int], None],
+    out: Tensor,
+    start: int,
+    stop: int,
+    B: int,
+) -> None:
+    if coef is None:
+        kern(X, out, start, stop)
+        return
+    buf = torch.empty(coef.shape[0], B, dtype=X.dtype, device=X.device)
+    for s in range(start, stop, B):  # mixed rows: materialise one block at a time
+        e = min(stop, s + B)
+        Yb = buf[:, : e - s]
+        _mix_block(X[:, s:e], coef, Yb, diag)
+        kern(Yb, out[s:e], 0, e - s)
 
 
 def _run_chunk(
@@ -259,10 +329,10 @@ def _shares(counts: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- statistics
 
 
-def coordinate_median(rows: Rows, *, block: int | None = None) -> tuple[Tensor, Tensor]:
+def coordinate_median(rows: Rows, *, block: int | None = None) -> tuple[Tensor, Tensor, str]:
     """Coordinate-wise median of the rows (mean of the two middle values for even M).
 
-    Returns (median_D, shares_M).
+    Returns (median_D, shares_M, kernel used: "native" or "torch").
     """
     n = rows.n
     plan = median_plan(n)
@@ -276,12 +346,15 @@ def coordinate_median(rows: Rows, *, block: int | None = None) -> tuple[Tensor, 
             torch.add(lo, hi, out=out_b).mul_(0.5)
         return (lo, hi) if sample else None
 
-    out, counts = _run(rows, plan, reduce, block=block)
-    return out, _shares(counts)
+    out, counts, kernel = _run(rows, plan, reduce, block=block, middle=(lo_w, hi_w))
+    return out, _shares(counts), kernel
 
 
-def trimmed_mean_coordinates(rows: Rows, f: int, *, block: int | None = None) -> tuple[Tensor, Tensor]:
-    """Coordinate-wise mean after dropping the f lowest and f highest values (2f < M)."""
+def trimmed_mean_coordinates(rows: Rows, f: int, *, block: int | None = None) -> tuple[Tensor, Tensor, str]:
+    """Coordinate-wise mean after dropping the f lowest and f highest values (2f < M).
+
+    Returns (value_D, shares_M, kernel used: "native" or "torch").
+    """
     n = rows.n
     plan = trimmed_plan(n, f)
     k = n - 2 * f
@@ -303,8 +376,8 @@ def trimmed_mean_coordinates(rows: Rows, f: int, *, block: int | None = None) ->
             torch.maximum(hi, t, out=hi)
         return lo, hi
 
-    out, counts = _run(rows, plan, reduce, block=block)
-    return out, _shares(counts)
+    out, counts, kernel = _run(rows, plan, reduce, block=block, middle=(f, n - f - 1))
+    return out, _shares(counts), kernel
 
 
 def bulyan_coordinates(
@@ -350,5 +423,5 @@ def bulyan_coordinates(
         out_b.div_(count.mul_(beta))
         return (lo, hi) if sample else None  # type: ignore[return-value]
 
-    out, counts = _run(rows, plan, reduce, sel=sel_M, block=block)
+    out, counts, _ = _run(rows, plan, reduce, sel=sel_M, block=block)
     return out, _shares(counts)

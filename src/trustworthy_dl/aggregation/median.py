@@ -29,5 +29,5 @@ def median(updates: Tensor | Rows, weights_N: Tensor | None = None, *, f: NonNeg
     rows = as_rows(updates, weights_N, "median")
     n = rows.n
     require(2 * f < n, "median", f=f, n=n, condition="2f < n", stage=rows.stage)
-    value, shares = coordinate_median(rows)
-    return rows.result(value, shares, shares > 0, {"n": n})
+    value, shares, kernel = coordinate_median(rows)
+    return rows.result(value, shares, shares > 0, {"n": n, "kernel": kernel})

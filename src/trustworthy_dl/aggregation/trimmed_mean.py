@@ -29,5 +29,5 @@ def trimmed_mean(updates: Tensor | Rows, weights_N: Tensor | None = None, *, f: 
     rows = as_rows(updates, weights_N, "trimmed_mean")
     n = rows.n
     require(2 * f < n, "trimmed_mean", f=f, n=n, condition="2f < n", stage=rows.stage)
-    value, shares = trimmed_mean_coordinates(rows, f)
-    return rows.result(value, shares, shares > 0, {"n": n, "trimmed_each_side": f})
+    value, shares, kernel = trimmed_mean_coordinates(rows, f)
+    return rows.result(value, shares, shares > 0, {"n": n, "trimmed_each_side": f, "kernel": kernel})

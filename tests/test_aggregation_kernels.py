@@ -153,6 +153,31 @@ def test_gram_handles_far_rows_and_extras() -> None:
     assert FAR_NORM < 1e30 * 10
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_gram_far_rows_extras_and_bad_references_on_wide_input(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trustworthy_dl.aggregation import _gram
+
+    if not native:
+        monkeypatch.setattr(_gram, "_native_gram", lambda X, E: None)
+    else:
+        assert _gram._native_gram(torch.zeros(3, 1 << 16), None) is not None
+    g = _gen(7)
+    N, D = 9, 150_001
+    X = torch.randn(1, D, generator=g) + 0.1 * torch.randn(N, D, generator=g)
+    X[1, 70_000] = float("nan")
+    X[2, 140_000:] = 1e30
+    X[4, 70_000:90_000] = float("nan")  # the median-norm reference of a block may be the bad row
+    X[5, 70_001:] = float("nan")
+    E = torch.randn(2, D, generator=g)
+    geo = _gram.centred_gram(X, E)
+    assert geo.far.tolist() == [False, True, True, False, True, True, False, False, False, False, False]
+    keep = (~geo.far).nonzero().flatten()
+    P = torch.cat([X, E])[keep].double()
+    ref = torch.cdist(P, P).square()
+    got = geo.sq_dists()[keep][:, keep]
+    torch.testing.assert_close(got, ref, atol=1e-6 * float(ref.max()), rtol=1e-5)
+
+
 def test_geometry_of_mixtures_and_scalings() -> None:
     X = torch.randn(4, 64, generator=_gen(6)).double()
     C = torch.tensor([[0.5, 0.5, 0, 0], [0, 0, 2.0, 0], [0.2, 0.3, 0.1, 0.4]], dtype=torch.float64)

@@ -20,6 +20,10 @@ products between the rows and between linear combinations of rows. We compute th
   pre-aggregators (NNM, bucketing, clipping) never materialise their output rows.
 * **Far rows.** A row with a non-finite value or (centred) norm above :data:`FAR_NORM` is *far*: it
   is zeroed in the GEMM (no overflow, no NaN) and every rule treats it as infinitely far.
+* **Native kernel.** On CPU, for float32 inputs of at least ``_kernel.MIN_COLUMNS`` columns, each
+  block's centring and Gram product run in one native call (``_kernel.gram_kernel``: centring in
+  L1, register-tiled upper triangle, float64 per block); the same blocks, references and far-row
+  handling as the torch path, with float32 sums in another order (tests compare both to float64).
 
 Legend: N rows, K extra vectors (e.g. CenteredClip's previous centre), R = N + K, D columns,
 M mixed rows.
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from trustworthy_dl.aggregation import _kernel
 from trustworthy_dl.aggregation._parallel import map_column_chunks
 
 __all__ = ["FAR_NORM", "Geometry", "centred_gram", "row_norms"]
@@ -163,7 +168,13 @@ def centred_gram(X_ND: Tensor, extras_KD: Tensor | None = None, *, block: int | 
     K = 0 if extras_KD is None else int(extras_KD.shape[0])
     R = N + K
     B = min(block or max(1 << 14, min(1 << 16, GRAM_BLOCK_VALUES // max(1, R))), D)
-    parts = map_column_chunks(lambda s, e: _gram_chunk(X_ND, extras_KD, s, e, B), D, B, X_ND.device)
+    kern = _native_gram(X_ND, extras_KD)
+    if kern is not None:
+        parts = map_column_chunks(
+            lambda s, e: _gram_chunk_native(kern, X_ND, extras_KD, s, e, B), D, B, X_ND.device
+        )
+    else:
+        parts = map_column_chunks(lambda s, e: _gram_chunk(X_ND, extras_KD, s, e, B), D, B, X_ND.device)
     T = torch.stack([p[0] for p in parts]).sum(0)
     bad = torch.stack([p[1] for p in parts]).any(0)
     T = (T + T.T) * 0.5  # exactly symmetric: equal distances compare equal (ties are shared)
@@ -240,6 +251,59 @@ def _gram_chunk(
         ref = int(d.argsort()[mid]) if bool(torch.isfinite(d[d.argsort()[mid]])) else None
     keep = torch.cat([torch.arange(N, device=dev), torch.arange(P, P + K, device=dev)])
     return T[keep][:, keep], bad
+
+
+#: Rows above this stay on the torch path (the kernel's accumulators grow as R^2).
+NATIVE_MAX_ROWS = 256
+
+
+def _native_gram(X_ND: Tensor, extras_KD: Tensor | None) -> _kernel.GramKernel | None:
+    mats = [X_ND] if extras_KD is None else [X_ND, extras_KD]
+    R = sum(int(m.shape[0]) for m in mats)
+    if R > NATIVE_MAX_ROWS or X_ND.shape[1] < _kernel.MIN_COLUMNS:
+        return None
+    if any(m.device.type != "cpu" or m.dtype != torch.float32 or m.stride(1) != 1 for m in mats):
+        return None
+    return _native_gram_kernel()
+
+
+_native_gram_cache: list[_kernel.GramKernel | None] = []
+
+
+def _native_gram_kernel() -> _kernel.GramKernel | None:
+    if not _native_gram_cache:
+        _native_gram_cache.append(_kernel.gram_kernel())
+    return _native_gram_cache[0]
+
+
+def _gram_chunk_native(
+    kern: _kernel.GramKernel, X_ND: Tensor, extras_KD: Tensor | None, start: int, stop: int, B: int
+) -> tuple[Tensor, Tensor]:
+    """:func:`_gram_chunk` with each block's centring and product in one native call."""
+    N = X_ND.shape[0]
+    rows: list[Tensor] = list(X_ND.unbind(0)) + ([] if extras_KD is None else list(extras_KD.unbind(0)))
+    R = len(rows)
+    T = torch.zeros(R, R, dtype=torch.float64)
+    bad = torch.zeros(R, dtype=torch.bool)
+    mid = (N - 1) // 2
+    ref: int | None = None
+    for s in range(start, stop, B):
+        e = min(stop, s + B)
+        for attempt in range(2):
+            if ref is None or attempt:
+                ref = _norm_median_row(X_ND[:, s:e], mid)
+            G = kern(rows, rows[ref], s, e)
+            ok = G.diagonal() <= _FAR2_32  # False for NaN and inf
+            if (bool(ok[ref]) and 2 * int(ok[:N].sum()) > N) or attempt:
+                break
+        assert ref is not None
+        if not bool(ok.all()):
+            bad |= ~ok
+            G = kern([r if keep else None for r, keep in zip(rows, ok.tolist())], rows[ref], s, e)
+        T += G
+        d = G.diagonal()[:N].masked_fill(~ok[:N], float("inf"))
+        ref = int(d.argsort()[mid]) if bool(torch.isfinite(d[d.argsort()[mid]])) else None
+    return T, bad
 
 
 def _norm_median_row(Xb: Tensor, mid: int) -> int:

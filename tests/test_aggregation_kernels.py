@@ -154,7 +154,9 @@ def test_gram_handles_far_rows_and_extras() -> None:
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_gram_far_rows_extras_and_bad_references_on_wide_input(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gram_far_rows_extras_and_bad_references_on_wide_input(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from trustworthy_dl.aggregation import _gram
 
     if not native:

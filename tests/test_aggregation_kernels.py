@@ -281,3 +281,24 @@ def test_native_kernel_on_mixed_rows_and_strided_input(monkeypatch: pytest.Monke
     assert _same(t1, t2)
     S = torch.nan_to_num(X.double(), nan=float("inf")).sort(0).values
     torch.testing.assert_close(t1.double(), S[2:7].mean(0), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name", ["krum", "multi_krum", "geometric_median", "centered_clip", "mda", "nnm+krum"]
+)
+def test_distance_rules_agree_on_native_and_torch_gram(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trustworthy_dl.aggregation import _gram, build_aggregator
+
+    g = _gen(11)
+    X = torch.randn(1, 1 << 16, generator=g) + torch.randn(9, 1 << 16, generator=g)
+    X[7:] = -3 * X[:7].mean(0)  # two colluding outliers
+    *pre, rule = name.split("+")
+
+    def run() -> torch.Tensor:
+        return build_aggregator(rule, f=2, pre=[{"name": p} for p in pre])(X).value_D
+
+    native = run()
+    with monkeypatch.context() as m:
+        m.setattr(_gram, "_native_gram", lambda X, E: None)
+        reference = run()
+    torch.testing.assert_close(native, reference, rtol=1e-5, atol=1e-6)

@@ -117,6 +117,11 @@ def test_centered_clip_starts_from_the_previous_centre() -> None:
     # value = c_prev * centre + sum_i weights_N[i] * x_i
     c_prev = 1 - float(second.weights_N.sum())
     close(c_prev * 0.5 + second.weights_N.float() @ X2, [0.5 + 1 / 3])
+    # a non-finite previous centre (restored from a bad checkpoint) is not used: the medoid is
+    cc.load_state_dict({"centre": torch.tensor([float("nan")]), "rounds": 2})
+    third = cc(X2)
+    assert third.info["start"] == "medoid"
+    close(third.value_D, [1 + (1 + 0 + 0) / 3 - 1 / 3])
 
 
 def test_mda() -> None:

@@ -59,18 +59,16 @@ class CenteredClip:
         n = rows.n
         require(2 * f < n, "centered_clip", f=f, n=n, condition="2f < n", stage=rows.stage)
         prev = self.centre_D
-        use_prev = (
-            self.init == "previous"
-            and prev is not None
-            and prev.shape == (rows.D,)
-            and bool(torch.isfinite(prev).all())
-        )
-        absolute = self.init == "zero" and not use_prev  # the origin is not an affine combination
+        use_prev = self.init == "previous" and prev is not None and prev.shape == (rows.D,)
+        geo = None
         if use_prev:
             assert prev is not None
-            geo = rows.geometry(prev.to(rows.X.dtype).unsqueeze(0), absolute=absolute)
-        else:
+            geo = rows.geometry(prev.to(rows.X.dtype).unsqueeze(0))
+            use_prev = not bool(geo.far[n])  # a non-finite (or huge) previous centre is not used
+        if not use_prev:  # the rows' geometry is cached by the call above: no second pass
+            absolute = self.init == "zero"  # the origin is not an affine combination
             geo = rows.geometry(absolute=absolute)
+        assert geo is not None
         far = geo.far[:n]
         w = rows.weights.masked_fill(far, 0.0)
         if float(w.sum()) <= 0:

@@ -168,10 +168,10 @@ def centred_gram(X_ND: Tensor, extras_KD: Tensor | None = None, *, block: int | 
     K = 0 if extras_KD is None else int(extras_KD.shape[0])
     R = N + K
     B = min(block or max(1 << 14, min(1 << 16, GRAM_BLOCK_VALUES // max(1, R))), D)
-    kern = _native_gram(X_ND, extras_KD)
-    if kern is not None:
+    if _native_gram(X_ND, extras_KD):
+        B = min(block or NATIVE_BLOCK, D)
         parts = map_column_chunks(
-            lambda s, e: _gram_chunk_native(kern, X_ND, extras_KD, s, e, B), D, B, X_ND.device
+            lambda s, e: _gram_chunk_native(X_ND, extras_KD, s, e, B), D, B, X_ND.device
         )
     else:
         parts = map_column_chunks(lambda s, e: _gram_chunk(X_ND, extras_KD, s, e, B), D, B, X_ND.device)
@@ -257,31 +257,30 @@ def _gram_chunk(
 NATIVE_MAX_ROWS = 256
 
 
-def _native_gram(X_ND: Tensor, extras_KD: Tensor | None) -> _kernel.GramKernel | None:
+def _native_gram(X_ND: Tensor, extras_KD: Tensor | None) -> bool:
+    """Whether the native kernel serves this input (it exists, CPU float32, wide enough)."""
     mats = [X_ND] if extras_KD is None else [X_ND, extras_KD]
     R = sum(int(m.shape[0]) for m in mats)
     if R > NATIVE_MAX_ROWS or X_ND.shape[1] < _kernel.MIN_COLUMNS:
-        return None
+        return False
     if any(m.device.type != "cpu" or m.dtype != torch.float32 or m.stride(1) != 1 for m in mats):
-        return None
-    return _native_gram_kernel()
+        return False
+    return _kernel.gram_available()
 
 
-_native_gram_cache: list[_kernel.GramKernel | None] = []
-
-
-def _native_gram_kernel() -> _kernel.GramKernel | None:
-    if not _native_gram_cache:
-        _native_gram_cache.append(_kernel.gram_kernel())
-    return _native_gram_cache[0]
+#: Columns per block of the native path: the reference row and the far rows are decided per block
+#: (float64 sums inside the kernel keep wide blocks exact); wider blocks mean less Python per pass.
+NATIVE_BLOCK = 1 << 18
 
 
 def _gram_chunk_native(
-    kern: _kernel.GramKernel, X_ND: Tensor, extras_KD: Tensor | None, start: int, stop: int, B: int
+    X_ND: Tensor, extras_KD: Tensor | None, start: int, stop: int, B: int
 ) -> tuple[Tensor, Tensor]:
     """:func:`_gram_chunk` with each block's centring and product in one native call."""
     N = X_ND.shape[0]
     rows: list[Tensor] = list(X_ND.unbind(0)) + ([] if extras_KD is None else list(extras_KD.unbind(0)))
+    kern = _kernel.gram_kernel(rows)
+    assert kern is not None
     R = len(rows)
     T = torch.zeros(R, R, dtype=torch.float64)
     bad = torch.zeros(R, dtype=torch.bool)
@@ -289,20 +288,24 @@ def _gram_chunk_native(
     ref: int | None = None
     for s in range(start, stop, B):
         e = min(stop, s + B)
-        for attempt in range(2):
-            if ref is None or attempt:
-                ref = _norm_median_row(X_ND[:, s:e], mid)
-            G = kern(rows, rows[ref], s, e)
-            ok = G.diagonal() <= _FAR2_32  # False for NaN and inf
-            if (bool(ok[ref]) and 2 * int(ok[:N].sum()) > N) or attempt:
-                break
-        assert ref is not None
-        if not bool(ok.all()):
-            bad |= ~ok
-            G = kern([r if keep else None for r, keep in zip(rows, ok.tolist())], rows[ref], s, e)
+        if ref is None:
+            ref = _norm_median_row(X_ND[:, s:e], mid)
+        G = kern(ref, s, e)
+        d = G.diagonal()
+        if bool((d <= _FAR2_32).all()):  # the usual case: every row finite and near
+            T += G
+            ref = int(d[:N].argsort()[mid])
+            continue
+        ok = d <= _FAR2_32  # False for NaN and inf
+        if not (bool(ok[ref]) and 2 * int(ok[:N].sum()) > N):  # the reference itself is bad here
+            ref = _norm_median_row(X_ND[:, s:e], mid)
+            G = kern(ref, s, e)
+            ok = G.diagonal() <= _FAR2_32
+        bad |= ~ok
+        G = kern(ref, s, e, skip=(~ok).tolist())
         T += G
-        d = G.diagonal()[:N].masked_fill(~ok[:N], float("inf"))
-        ref = int(d.argsort()[mid]) if bool(torch.isfinite(d[d.argsort()[mid]])) else None
+        dn = G.diagonal()[:N].masked_fill(~ok[:N], float("inf"))
+        ref = int(dn.argsort()[mid]) if bool(torch.isfinite(dn[dn.argsort()[mid]])) else None
     return T, bad
 
 

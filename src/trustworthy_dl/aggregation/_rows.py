@@ -189,10 +189,14 @@ class Rows:
         e = e_M.to(device=self.X.device, dtype=torch.float64)
         return e if self.coef is None else e @ self.coef
 
-    def combine(self, e_M: Tensor, extras: tuple[Tensor, float] | None = None) -> Tensor:
+    def combine(
+        self, e_M: Tensor, extras: tuple[Tensor, float] | None = None, *, copy_to: Tensor | None = None
+    ) -> Tensor:
         """The (D,) vector ``e_M @ rows`` (+ ``coef * vector`` for ``extras=(vector, coef)``).
 
-        Rows with a zero coefficient are never read, so they may hold NaN or Inf.
+        Rows with a zero coefficient are never read, so they may hold NaN or Inf. ``copy_to``, a
+        (D,) tensor, also receives the result, chunk by chunk while it is in cache (a stateful
+        rule's copy of its output, without a second pass).
         """
         a = self.node_coefficients(e_M)
         X = self.X
@@ -206,20 +210,26 @@ class Rows:
             extra = (extras[0].to(X.dtype), float(extras[1]))
         out = torch.empty(self.D, dtype=X.dtype, device=X.device)
 
-        def chunk(s: int, e: int) -> None:
-            o = out[s:e]
-            if use_mv:
-                torch.mv(X[:, s:e].t(), a_t, out=o)
-            elif nz:
-                torch.mul(X[nz[0], s:e], vals[0], out=o)
-                for j, v in zip(nz[1:], vals[1:]):
-                    o.add_(X[j, s:e], alpha=v)
-            else:
-                o.zero_()
-            if extra is not None:
-                o.add_(extra[0][s:e], alpha=extra[1])
+        B = 1 << 16  # output block kept in cache while every term is added to it
 
-        map_column_chunks(chunk, self.D, 1 << 16, X.device)
+        def chunk(start: int, stop: int) -> None:
+            for s in range(start, stop, B):
+                e = min(stop, s + B)
+                o = out[s:e]
+                if use_mv:
+                    torch.mv(X[:, s:e].t(), a_t, out=o)
+                elif nz:
+                    torch.mul(X[nz[0], s:e], vals[0], out=o)
+                    for j, v in zip(nz[1:], vals[1:]):
+                        o.add_(X[j, s:e], alpha=v)
+                else:
+                    o.zero_()
+                if extra is not None:
+                    o.add_(extra[0][s:e], alpha=extra[1])
+                if copy_to is not None:
+                    copy_to[s:e].copy_(o)
+
+        map_column_chunks(chunk, self.D, B, X.device)
         return out
 
     def result(self, value_D: Tensor, e_M: Tensor, selected_M: Tensor, info: dict[str, Any]) -> AggResult:

@@ -99,14 +99,14 @@ class CenteredClip:
                 break
         e_rows = c[:n]
         c_prev = float(c[n]) if use_prev else 0.0
-        value = rows.combine(e_rows, extras=(prev, c_prev) if (use_prev and prev is not None) else None)
-        if (
-            self.centre_D is not None
-            and self.centre_D.shape == value.shape
-            and self.centre_D.dtype == value.dtype
-        ):
-            self.centre_D.copy_(value)  # reuse the buffer: a fresh (D,) allocation costs page faults
+        extras = (prev, c_prev) if (use_prev and prev is not None) else None
+        keep = self.centre_D
+        if keep is not None and keep.shape == (rows.D,) and keep.dtype == rows.X.dtype:
+            # reuse the buffer (a fresh (D,) allocation costs page faults), filled in the same pass;
+            # it may be the previous centre that pass reads: each chunk is read before it is written
+            value = rows.combine(e_rows, extras=extras, copy_to=keep)
         else:
+            value = rows.combine(e_rows, extras=extras)
             self.centre_D = value.detach().clone()
         self.rounds += 1
         clipped = int(((self.tau / geo.sq_dists_to(c)[:n].sqrt()) < 1).logical_and(~far).sum())

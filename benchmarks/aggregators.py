@@ -1,7 +1,8 @@
 """Speed of every aggregator on an (N, D) float32 stack, against ``mean`` and the ByzFL library.
 
 For each N and D: median wall time of each rule, effective bandwidth (N * D * 4 bytes / time), the
-ratio to ``mean`` on the same input, and, where ByzFL has the rule, ByzFL's time on the same input
+ratio to ``mean`` on the same input (timed alternately with the rule, so that both see the same
+machine state), and, where ByzFL has the rule, ByzFL's time on the same input
 with the same parameters, and our speed-up. Writes ``benchmarks/results/aggregators.json`` and
 ``aggregators.md`` (``--out`` to change).
 
@@ -132,13 +133,15 @@ def _ours(name: str, f: int) -> Any:
     return build_aggregator(agg, f=f, params=params, pre=[{"name": p} for p in pre])
 
 
-def _byzfl(byzfl: Any, name: str, n: int, f: int, d: int, mem_gb: float) -> tuple[Any, str]:
+def _byzfl(
+    byzfl: Any, name: str, n: int, f: int, d: int, mem_gb: float, off: bool = False
+) -> tuple[Any, str]:
     """(callable or None, note)."""
     _, _, _, cls, kwargs = SPECS[name]
     if cls is None or kwargs is None:
         return None, "not in ByzFL"
     if byzfl is None:
-        return None, "byzfl not installed"
+        return None, "byzfl not run (--no-byzfl)" if off else "byzfl not installed"
     gb = n * d * 4 / 1e9
     temporaries = {"NNM": (n - f) * gb, "Median": 3 * gb, "TrMean": 3 * gb}.get(cls, 2 * gb)
     if temporaries > mem_gb:
@@ -159,6 +162,23 @@ def _time(fn: Any, X: Any, reps: int) -> float:
         fn(X)
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
+
+
+def _time_vs(base: Any, fn: Any, X: Any, reps: int) -> tuple[float, float]:
+    """Median times of ``base`` and ``fn``, run alternately so that both see the same machine state
+    (other jobs, memory fragmentation left by ByzFL's temporaries, turbo): the ratio is robust."""
+    base(X)
+    fn(X)
+    tb, tf = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        base(X)
+        t1 = time.perf_counter()
+        fn(X)
+        t2 = time.perf_counter()
+        tb.append(t1 - t0)
+        tf.append(t2 - t1)
+    return statistics.median(tb), statistics.median(tf)
 
 
 def main() -> None:
@@ -192,20 +212,21 @@ def main() -> None:
             f = max(1, (n - 3) // 4)
             gen = torch.Generator().manual_seed(0)
             X = torch.randn(1, d, generator=gen) + 0.5 * torch.randn(n, d, generator=gen)
-            t_mean = None
+            mean_fn = _ours("mean", f)
             for name in rules:
                 rec: dict[str, Any] = {"rule": name, "n": n, "d": d, "f": f}
                 try:
-                    t = _time(_ours(name, f), X, args.reps)
+                    if name == "mean":
+                        t = t_mean = _time(mean_fn, X, args.reps)
+                    else:
+                        t_mean, t = _time_vs(mean_fn, _ours(name, f), X, args.reps)
                 except Exception as e:  # report, keep going
                     rec["error"] = f"{type(e).__name__}: {e}"
                     print(f"{name:18s} N={n:3d} D={d:.1e}  ERROR {rec['error']}", flush=True)
                     records.append(rec)
                     continue
-                if name == "mean":
-                    t_mean = t
-                rec.update(seconds=t, gbps=n * d * 4 / t / 1e9, vs_mean=t / t_mean if t_mean else None)
-                bz, note = _byzfl(byzfl, name, n, f, d, args.byzfl_mem_gb)
+                rec.update(seconds=t, gbps=n * d * 4 / t / 1e9, mean_seconds=t_mean, vs_mean=t / t_mean)
+                bz, note = _byzfl(byzfl, name, n, f, d, args.byzfl_mem_gb, args.no_byzfl)
                 if bz is not None:
                     try:
                         tb = _time(bz, X, args.byzfl_reps)

@@ -139,7 +139,7 @@ def test_sweep_cases_axis_and_changed_config_refused(
     # bad case files name the problem
     cases.write_text("- just a list\n")
     assert main(base) == 2
-    assert "must map case names" in capsys.readouterr().err
+    assert "must hold a mapping of case names" in capsys.readouterr().err
     cases.write_text("flip4: {attack.name: sign_flip}\nx: {attack.name: nosuch}\n")
     assert main([*base[:3], "--grid", "case=nope", *base[3:]]) == 2
     assert "no case named ['nope']" in capsys.readouterr().err

@@ -364,20 +364,21 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(
+    path: str | Path, *, what: str = "config file", holds: str = "a mapping of sections"
+) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (empty file: {}); errors name the file as ``what``."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} not found")
+        raise ConfigError(f"{what} {str(p)!r} not found")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+        raise ConfigError(f"{what} {str(p)!r} is not valid YAML: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(
-            f"config file {str(p)!r} must hold a mapping of sections, got {type(data).__name__}"
-        )
+        raise ConfigError(f"{what} {str(p)!r} must hold {holds}, got {type(data).__name__}")
     return data
 
 

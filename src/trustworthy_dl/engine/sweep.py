@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from trustworthy_dl.config import load_config
+from trustworthy_dl.config import load_config, read_yaml
 from trustworthy_dl.errors import ConfigError
 
 __all__ = ["GridPoint", "parse_grid", "read_cases", "run_sweep"]
@@ -64,14 +64,10 @@ def parse_grid(items: Sequence[str]) -> list[GridPoint]:
 def read_cases(path: str | Path) -> Cases:
     """Read a cases file: a mapping ``name -> {dotted.key: value, ...}`` (values are YAML)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"cases file {str(p)!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"cases file {str(p)!r} is not valid YAML: {err}") from None
-    if not isinstance(data, dict) or not data:
-        raise ConfigError(f"cases file {str(p)!r} must map case names to override mappings")
+    holds = "a mapping of case names to override mappings"
+    data = read_yaml(p, what="cases file", holds=holds)
+    if not data:
+        raise ConfigError(f"cases file {str(p)!r} is empty: it must hold {holds}")
     cases: Cases = {}
     for name, body in data.items():
         if not isinstance(name, str) or not _CASE_NAME.match(name):

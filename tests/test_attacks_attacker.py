@@ -160,3 +160,40 @@ def test_state_dict_round_trip() -> None:
     with pytest.raises(ConfigError, match="differ"):
         att.load_state_dict({"byzantine_ids": [0, 1, 2, 3]})
     assert att.describe()["byzantine_ids"] == att.byzantine_ids
+
+
+def test_optimal_attacks_probe_the_aggregator_in_node_order(updates: Tensor) -> None:
+    # The engine's probe treats nodes differently (only trusted ones count); the attacks stack
+    # [honest; Byzantine] rows, so the attacker must hand each row back as the node that sent it.
+    att = make("optimal_ipm", byzantine_ids=[1, 4, 7])
+    seen: list[Tensor] = []
+
+    def marker_mean(rows: Tensor) -> Tensor:  # records which node's row sits where
+        seen.append(rows[:, 0].clone())
+        return rows.mean(0)
+
+    marked = updates.clone()
+    marked[:, 0] = torch.arange(N, dtype=marked.dtype) * 1000  # honest rows carry their node id
+    att.corrupt(marked, round=0, aggregator=marker_mean)
+    assert seen
+    honest = [i for i in range(N) if i not in (1, 4, 7)]
+    for col in seen:
+        assert torch.equal(col[honest], torch.tensor(honest, dtype=col.dtype) * 1000)
+
+    # a probe that ignores the Byzantine nodes (they are quarantined) leaves the attack nothing to
+    # push: the search keeps its starting epsilon
+    active = torch.ones(N, dtype=torch.bool)
+    active[[1, 4, 7]] = False
+    out = att.corrupt(updates, round=0, aggregator=lambda rows: rows[active].mean(0))
+    mu = updates[active].mean(0)
+    torch.testing.assert_close(out[1], -0.1 * mu)
+
+
+def test_probing_through_the_node_order_wrapper_restores_a_stateful_aggregator(updates: Tensor) -> None:
+    from trustworthy_dl.aggregation import get_aggregator
+
+    cc = get_aggregator("centered_clip", f=3, iterations=2)
+    cc(updates)  # now it has a centre
+    before = cc.state_dict()["aggregator"]["centre"].clone()
+    make("optimal_alie", byzantine_ids=[0, 5, 9]).corrupt(updates, round=0, aggregator=cc)
+    assert torch.equal(cc.state_dict()["aggregator"]["centre"], before)

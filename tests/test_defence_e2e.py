@@ -148,3 +148,14 @@ def test_sweep_cases_axis_and_changed_config_refused(
     # picking cases with --grid case=... skips the others (here the bad one)
     assert main([*base[:3], "--grid", "case=flip4", *base[3:-2], "--out", str(tmp_path / "sw2")]) == 0
     assert [r["case"] for r in json.loads((tmp_path / "sw2" / "sweep.json").read_text())] == ["flip4"]
+
+
+def test_optimal_attack_probes_the_round_aggregation_without_disturbing_it() -> None:
+    # optimal_ipm searches its epsilon against the run's (stateful) CenteredClip over the trusted
+    # nodes; probing must leave the aggregator's state as it was, so two runs agree exactly.
+    extra = {"aggregation": {"name": "centered_clip", "params": {"f": 2, "iterations": 3}}}
+    a = run_experiment(_cfg("optimal_ipm", rounds=8, **extra), write=False)
+    b = run_experiment(_cfg("optimal_ipm", rounds=8, **extra), write=False)
+    assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
+    assert [r["update_norm"] for r in a.history] == [r["update_norm"] for r in b.history]
+    assert a.summary["detection"]["detected"] == 2

@@ -140,7 +140,9 @@ class AdversarialAttacker:
         b, device = self.num_byzantine, updates_ND.device
         ctx = AttackContext(
             honest_ND=updates_ND,
-            aggregator=aggregator,
+            aggregator=None
+            if aggregator is None
+            else _InNodeOrder(aggregator, self.byzantine_ids, self.num_nodes),
             round=round,
             num_nodes=self.num_nodes,
             byzantine_ids=tuple(self.byzantine_ids),
@@ -210,3 +212,26 @@ class AdversarialAttacker:
                 f"checkpoint's Byzantine ids {ids} differ from this config's {self.byzantine_ids}; "
                 "resume with the same seed and attack section"
             )
+
+
+class _InNodeOrder:
+    """The aggregator as the attacks call it: they stack [honest rows; Byzantine rows]; this puts
+    such an (N, D) stack back in node order first, so that an aggregator that treats nodes
+    differently (the engine's: only trusted nodes count) sees each row as the node that sent it.
+    Other attributes (``state_dict`` / ``load_state_dict`` of a stateful rule) are the wrapped one's."""
+
+    def __init__(self, aggregator: Callable[..., Any], byzantine_ids: list[int], num_nodes: int) -> None:
+        byz = set(byzantine_ids)
+        order = [i for i in range(num_nodes) if i not in byz] + list(byzantine_ids)
+        self._agg = aggregator
+        self._inv = torch.argsort(torch.tensor(order, dtype=torch.long))
+
+    def __call__(self, rows_ND: Tensor, *args: Any, **kwargs: Any) -> Any:
+        if rows_ND.shape[0] == self._inv.numel():
+            rows_ND = rows_ND.index_select(0, self._inv.to(rows_ND.device))
+        return self._agg(rows_ND, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._agg, name)

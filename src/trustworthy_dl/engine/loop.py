@@ -122,7 +122,10 @@ class RoundLoop:
         exp = self.exp
         rec: dict[str, Any] = {}
         with timer("attack"):
-            updates_ND = exp.adversary.corrupt(updates_ND, round=r, aggregator=exp.aggregator)
+            # an omniscient attacker probes the aggregation as this round will run it: over the
+            # nodes trusted so far, with their f (it cannot know this round's verdict)
+            probe = _RoundAggregation(self, exp.trust.active_N.clone())
+            updates_ND = exp.adversary.corrupt(updates_ND, round=r, aggregator=probe)
         n = updates_ND.shape[0]
         positive_N = torch.zeros(n, dtype=torch.bool)
         use_N = exp.trust.active_N
@@ -187,19 +190,24 @@ class RoundLoop:
 
         Returns (None, f) and a zero update when no row is usable (every node distrusted).
         """
-        if rows_MD.shape[0] == 0:
+        result, f = self.robust(rows_MD, f)
+        if result is None:
             self.agg_D.zero_()
+        else:
+            self.agg_D.copy_(result.value_D)
+        return result, f
+
+    def robust(self, rows_MD: Tensor, f: int) -> tuple[AggResult | None, int]:
+        """The aggregator on these rows, f lowered while the rule cannot tolerate it; (None, f) if no rows."""
+        if rows_MD.shape[0] == 0:
             return None, f
         while True:
             try:
-                result = self.exp.aggregator(rows_MD, f=f)
-                break
+                return self.exp.aggregator(rows_MD, f=f), f
             except ConfigError:
                 if f == 0:
                     raise
                 f -= 1
-        self.agg_D.copy_(result.value_D)
-        return result, f
 
     def _tampered(self) -> list[int]:
         """Nodes whose copy of the parameters differs from the coordinator's (torch backend only).
@@ -350,3 +358,24 @@ class RoundLoop:
                 "first": self.reassignments[:20],
             }
         return summary
+
+
+class _RoundAggregation:
+    """``probe(updates_ND)``: the aggregate this round would produce from ``updates_ND`` (the
+    aggregator over the rows of the trusted nodes, with f less the quarantined nodes), for the
+    optimal attacks. Other attributes (``state_dict``...) are the run aggregator's, so that a
+    stateful rule is restored after probing."""
+
+    def __init__(self, loop: RoundLoop, active_N: Tensor) -> None:
+        self._loop = loop
+        self._active = active_N
+        self._f = max(0, loop.exp.aggregator.f - int((~active_N).sum()))
+
+    def __call__(self, updates_ND: Tensor) -> Tensor:
+        result, _ = self._loop.robust(updates_ND[self._active.to(updates_ND.device)], self._f)
+        return torch.zeros_like(updates_ND[0]) if result is None else result.value_D
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._loop.exp.aggregator, name)

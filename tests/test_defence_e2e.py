@@ -100,6 +100,14 @@ def test_sweep_grid_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert main(args) == 0  # resumes: nothing left to run
     assert "2 already done" in capsys.readouterr().out
+    # an interrupted point (metrics but no summary) is run again; its old files are kept aside
+    point = tmp_path / "sw" / "name=sign_flip"
+    (point / "summary.json").unlink()
+    (point / "metrics.jsonl").write_text('{"round": 0, "partial": true}\n')
+    assert main(args) == 0
+    assert "1 to run" in capsys.readouterr().out
+    assert (point / "interrupted-1" / "metrics.jsonl").read_text() == '{"round": 0, "partial": true}\n'
+    assert (point / "summary.json").is_file()
     assert main(["sweep", "--grid", "attack.name=nosuch", "--out", str(tmp_path / "bad")]) == 2
 
 

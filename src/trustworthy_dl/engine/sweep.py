@@ -95,6 +95,18 @@ def _overrides(point: GridPoint, cases: Cases) -> list[str]:
     return out
 
 
+def _set_aside(d: Path) -> None:
+    """Move an interrupted point's files into ``d/interrupted-<k>/`` (kept, never deleted)."""
+    k = 1
+    while (d / f"interrupted-{k}").exists():
+        k += 1
+    keep = d / f"interrupted-{k}"
+    keep.mkdir()
+    for f in ("metrics.jsonl", "config.yaml", "run.log"):
+        if (d / f).exists():
+            (d / f).rename(keep / f)
+
+
 def _check_same_config(d: Path, expected: dict[str, Any]) -> None:
     """Refuse to reuse a finished point whose config.yaml differs from what the sweep would run."""
     try:
@@ -170,8 +182,7 @@ def run_sweep(
             point = queue.pop(0)
             d = _point_dir(out, point)
             if d.exists() and (d / "metrics.jsonl").exists():  # an interrupted point: start it afresh
-                for f in ("metrics.jsonl", "config.yaml"):
-                    (d / f).unlink(missing_ok=True)
+                _set_aside(d)
             cmd = [
                 sys.executable,
                 "-m",

@@ -24,10 +24,10 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from trustworthy_dl.attacks.base import UpdateAttack, check_float, check_int, honest_mean_std, repeat_rows
+from trustworthy_dl.attacks.base import UpdateAttack, check_float, honest_mean_std, repeat_rows
 from trustworthy_dl.attacks.context import AttackContext
 from trustworthy_dl.attacks.registry import UPDATE_ATTACKS
-from trustworthy_dl.attacks.search import optimise_scale
+from trustworthy_dl.attacks.search import ScaleSearch
 
 __all__ = ["Alie", "OptimalAlie", "alie_z"]
 
@@ -85,7 +85,7 @@ class Alie(UpdateAttack):
 
 @UPDATE_ATTACKS.register("optimal_alie")
 @dataclass
-class OptimalAlie(UpdateAttack):
+class OptimalAlie(UpdateAttack, ScaleSearch):
     """ALIE with ``z > 0`` chosen each round to push ``context.aggregator``'s output furthest from ``mu``.
 
     The search starts at ``init_z`` (None: the paper's z_max, or 1 if that is not positive), so the
@@ -94,14 +94,11 @@ class OptimalAlie(UpdateAttack):
 
     knowledge: ClassVar[Literal["own", "omniscient"]] = "omniscient"
     init_z: float | None = None
-    max_doublings: int = 8
-    refine_steps: int = 12
 
     def __post_init__(self) -> None:
         if self.init_z is not None:
             self.init_z = check_float("init_z", self.init_z, low=0.0, low_open=True)
-        self.max_doublings = check_int("max_doublings", self.max_doublings, low=0)
-        self.refine_steps = check_int("refine_steps", self.refine_steps, low=0)
+        self._check_search()
 
     def __call__(
         self,
@@ -116,14 +113,7 @@ class OptimalAlie(UpdateAttack):
         if init is None:
             z0 = Alie().z_for(honest_HD, num_byzantine, context)
             init = z0 if z0 > 0 else 1.0
-        z = optimise_scale(
-            "optimal_alie",
-            honest_HD,
-            num_byzantine=num_byzantine,
-            context=context,
-            make_byz=lambda s: mu_D - s * sigma_D,
-            init=init,
-            max_doublings=self.max_doublings,
-            refine_steps=self.refine_steps,
+        z = self._search(
+            "optimal_alie", honest_HD, num_byzantine, context, lambda s: mu_D - s * sigma_D, init
         )
         return repeat_rows(mu_D - z * sigma_D, num_byzantine, honest_HD)

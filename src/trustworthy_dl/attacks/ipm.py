@@ -18,10 +18,10 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from trustworthy_dl.attacks.base import UpdateAttack, check_float, check_int, honest_mean_std, repeat_rows
+from trustworthy_dl.attacks.base import UpdateAttack, check_float, honest_mean_std, repeat_rows
 from trustworthy_dl.attacks.context import AttackContext
 from trustworthy_dl.attacks.registry import UPDATE_ATTACKS
-from trustworthy_dl.attacks.search import optimise_scale
+from trustworthy_dl.attacks.search import ScaleSearch
 
 __all__ = ["Ipm", "OptimalIpm"]
 
@@ -51,7 +51,7 @@ class Ipm(UpdateAttack):
 
 @UPDATE_ATTACKS.register("optimal_ipm")
 @dataclass
-class OptimalIpm(UpdateAttack):
+class OptimalIpm(UpdateAttack, ScaleSearch):
     """IPM with ``epsilon > 0`` chosen each round to push ``context.aggregator``'s output furthest from ``mu``.
 
     The search starts at ``init_epsilon``, so the result moves the aggregate at least as far as
@@ -60,13 +60,10 @@ class OptimalIpm(UpdateAttack):
 
     knowledge: ClassVar[Literal["own", "omniscient"]] = "omniscient"
     init_epsilon: float = 0.1
-    max_doublings: int = 8
-    refine_steps: int = 12
 
     def __post_init__(self) -> None:
         self.init_epsilon = check_float("init_epsilon", self.init_epsilon, low=0.0, low_open=True)
-        self.max_doublings = check_int("max_doublings", self.max_doublings, low=0)
-        self.refine_steps = check_int("refine_steps", self.refine_steps, low=0)
+        self._check_search()
 
     def __call__(
         self,
@@ -77,14 +74,7 @@ class OptimalIpm(UpdateAttack):
         context: AttackContext | None = None,
     ) -> Tensor:
         mu_D, _ = honest_mean_std(honest_HD)
-        eps = optimise_scale(
-            "optimal_ipm",
-            honest_HD,
-            num_byzantine=num_byzantine,
-            context=context,
-            make_byz=lambda s: -s * mu_D,
-            init=self.init_epsilon,
-            max_doublings=self.max_doublings,
-            refine_steps=self.refine_steps,
+        eps = self._search(
+            "optimal_ipm", honest_HD, num_byzantine, context, lambda s: -s * mu_D, self.init_epsilon
         )
         return repeat_rows(-eps * mu_D, num_byzantine, honest_HD)

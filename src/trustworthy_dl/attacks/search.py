@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from trustworthy_dl.attacks.context import AttackContext, aggregate_value, probing
 
-__all__ = ["maximise_scale", "optimise_scale"]
+__all__ = ["ScaleSearch", "maximise_scale", "optimise_scale"]
 
 _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0  # 0.618...
 
@@ -99,3 +100,38 @@ def optimise_scale(
             objective, init=init, max_doublings=max_doublings, refine_steps=refine_steps
         )
     return scale
+
+
+@dataclass
+class ScaleSearch:
+    """The search settings of an optimal attack (a mixin of its dataclass): at most
+    ``max_doublings`` doublings or halvings from the start, then ``refine_steps`` golden-section steps."""
+
+    max_doublings: int = 8
+    refine_steps: int = 12
+
+    def _check_search(self) -> None:
+        from trustworthy_dl.attacks.base import check_int
+
+        self.max_doublings = check_int("max_doublings", self.max_doublings, low=0)
+        self.refine_steps = check_int("refine_steps", self.refine_steps, low=0)
+
+    def _search(
+        self,
+        name: str,
+        honest_HD: Tensor,
+        num_byzantine: int,
+        context: AttackContext | None,
+        make_byz: Callable[[float], Tensor],
+        init: float,
+    ) -> float:
+        return optimise_scale(
+            name,
+            honest_HD,
+            num_byzantine=num_byzantine,
+            context=context,
+            make_byz=make_byz,
+            init=init,
+            max_doublings=self.max_doublings,
+            refine_steps=self.refine_steps,
+        )

@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train and evaluate as the config says")
     config_args(run)
     run.add_argument("--out", help="output directory (overrides output.dir)")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the unfinished run in RUN_DIR from its checkpoint.pt (its own config.yaml)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar or final table")
 
     launch = sub.add_parser("launch", help="run with one process per rank under torchrun (gloo on CPU)")
@@ -87,8 +92,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.quiet:
         overrides.append("output.progress=false")
-    cfg = _load(argparse.Namespace(config=args.config, overrides=overrides))
-    result = run_experiment(cfg, out_dir=args.out)
+    if args.resume:
+        if args.config or args.out:
+            raise TdlError(
+                "--resume RUN_DIR uses that run's own config.yaml and directory: drop CONFIG / --out"
+            )
+        config_path = Path(args.resume) / "config.yaml"
+        if not config_path.is_file():
+            raise TdlError(f"{str(config_path)!r} not found: is {args.resume!r} a run directory?")
+        cfg = _load(argparse.Namespace(config=str(config_path), overrides=overrides))
+        result = run_experiment(cfg, out_dir=args.resume, resume=True)
+    else:
+        cfg = _load(argparse.Namespace(config=args.config, overrides=overrides))
+        result = run_experiment(cfg, out_dir=args.out)
     if result.out_dir is not None and not args.quiet:
         print_summary(result.summary)
     return 0

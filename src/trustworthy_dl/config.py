@@ -239,6 +239,9 @@ class OutputConfig(_Section):
     tensorboard: bool = False
     plots: bool = True
     progress: bool = True
+    checkpoint_every: int = Field(
+        0, ge=0, description="Write checkpoint.pt every k rounds for `tdl run --resume DIR` (0: never)."
+    )
 
 
 class Config(_Section):

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from trustworthy_dl.aggregation import AggResult
+from trustworthy_dl.engine.checkpoint import CHECKPOINT, restore, save_checkpoint
 from trustworthy_dl.engine.setup import Experiment, headline
 from trustworthy_dl.engine.task import evaluate
 from trustworthy_dl.errors import ConfigError
@@ -76,6 +77,7 @@ class RoundLoop:
     """Runs ``exp.total_rounds`` rounds and writes metrics.jsonl, summary.json and plots."""
 
     def __init__(self, exp: Experiment, out_dir: Path | None) -> None:
+        self.start_round = 0
         self.exp = exp
         self.comm = exp.comm
         self.coordinator = exp.comm.is_coordinator
@@ -263,13 +265,25 @@ class RoundLoop:
 
     # ------------------------------------------------------------------ the run
 
+    def resume(self, state: dict[str, Any], records: list[dict[str, Any]]) -> None:
+        """Continue a run from a checkpoint: restore every component, keep the earlier records."""
+        self.start_round = restore(self, state)
+        self.log.records = list(records)
+        self.wall_before = float(state["loop"].get("wall_s", 0.0))
+
+    wall_before = 0.0
+
     def run(self) -> RunResult:
         exp = self.exp
         cfg = exp.cfg
-        progress = RunProgress(exp.total_rounds, enabled=self.coordinator and cfg.output.progress)
+        every = cfg.output.checkpoint_every
+        ckpt = self.out_dir / CHECKPOINT if self.out_dir is not None and every > 0 else None
+        progress = RunProgress(
+            exp.total_rounds - self.start_round, enabled=self.coordinator and cfg.output.progress
+        )
         t0 = time.perf_counter()
         try:
-            for r in range(exp.total_rounds):
+            for r in range(self.start_round, exp.total_rounds):
                 rec = self._round(r)
                 self.log.write(rec)
                 if self.coordinator:
@@ -277,10 +291,13 @@ class RoundLoop:
                     if "test_accuracy" in rec:
                         status += f"  acc {rec['test_accuracy']:.3f}"
                     progress.advance(status)
+                if ckpt is not None and (r + 1) % every == 0 and r + 1 < exp.total_rounds:
+                    wall = self.wall_before + time.perf_counter() - t0
+                    save_checkpoint(self, ckpt, next_round=r + 1, wall_s=wall)
         finally:
             progress.close()
             self.log.close()
-        wall = time.perf_counter() - t0
+        wall = self.wall_before + time.perf_counter() - t0
         summary = (
             self._summary(wall) if self.coordinator else {"rank": self.comm.rank, "wall_s": round(wall, 3)}
         )

@@ -2,36 +2,94 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from trustworthy_dl.config import Config
+from trustworthy_dl.engine.checkpoint import CHECKPOINT, config_digest, load_checkpoint
 from trustworthy_dl.engine.comm import make_comm
 from trustworthy_dl.engine.loop import RoundLoop, RunResult
 from trustworthy_dl.engine.setup import build_experiment
+from trustworthy_dl.errors import ConfigError
 from trustworthy_dl.report.rundir import prepare_run_dir
 
 __all__ = ["run_experiment"]
 
 
-def run_experiment(cfg: Config, *, out_dir: Path | str | None = None, write: bool = True) -> RunResult:
+def run_experiment(
+    cfg: Config, *, out_dir: Path | str | None = None, write: bool = True, resume: bool = False
+) -> RunResult:
     """Train as ``cfg`` says; the coordinator writes config.yaml, metrics.jsonl, summary.json and plots.
 
     Under ``torchrun`` this runs one process per rank over torch.distributed; otherwise all nodes
-    are simulated in this process.
+    are simulated in this process. ``resume=True`` continues the unfinished run in ``out_dir``
+    from its ``checkpoint.pt`` (see ``engine/checkpoint.py``).
     """
     comm = make_comm(
         cfg.distributed.num_nodes, backend=cfg.distributed.backend, dist_backend=cfg.distributed.dist_backend
     )
     try:
         target: Path | None = None
-        if write and comm.is_coordinator:
+        state = records = None
+        if resume:
+            if out_dir is None:
+                raise ConfigError("resume needs the run directory")
+            run_dir = Path(out_dir)
+            if (run_dir / "summary.json").exists():
+                raise ConfigError(f"{str(run_dir)!r} holds a finished run (summary.json): nothing to resume")
+            state = load_checkpoint(run_dir / CHECKPOINT)
+            if state.get("config_digest") != config_digest(cfg.to_dict()):  # before touching any file
+                raise ConfigError(
+                    f"the checkpoint in {str(run_dir)!r} was written by a run with a different config "
+                    "(outside `output`): resume with the run's own config.yaml"
+                )
+            if comm.is_coordinator:
+                target = run_dir
+                records = _keep_records(run_dir / "metrics.jsonl", int(state["next_round"]))
+        elif write and comm.is_coordinator:
             target = Path(out_dir) if out_dir is not None else cfg.resolved_output_dir()
             resolved = cfg.to_dict()
             resolved["output"]["dir"] = str(target)
             prepare_run_dir(target, overwrite=cfg.output.overwrite, config=resolved)
         exp = build_experiment(cfg, comm)
-        result = RoundLoop(exp, target).run()
+        loop = RoundLoop(exp, target)
+        if state is not None:
+            loop.resume(state, records or [])
+        result = loop.run()
         comm.barrier()
         return result
     finally:
         comm.close()
+
+
+def _keep_records(path: Path, next_round: int) -> list[dict]:
+    """The records of the rounds before the checkpoint; metrics.jsonl keeps just those.
+
+    Records the interrupted attempt wrote after its last checkpoint are not lost: the whole old
+    file is kept as ``metrics.interrupted-<k>.jsonl`` (the resumed run writes those rounds again).
+    """
+    if not path.is_file():
+        raise ConfigError(f"{str(path)!r} is missing: the run directory is incomplete")
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        records = [json.loads(line) for line in lines]
+    except json.JSONDecodeError:  # a line cut by the crash: keep the complete ones
+        records = []
+        for line in lines:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    kept = [r for r in records if int(r.get("round", -1)) < next_round]
+    rounds = [int(r["round"]) for r in kept]
+    if rounds != list(range(next_round)):
+        raise ConfigError(
+            f"{str(path)!r} does not hold rounds 0..{next_round - 1} before the checkpoint "
+            f"(found {len(rounds)} of them): cannot resume from it"
+        )
+    k = 1
+    while (path.parent / f"metrics.interrupted-{k}.jsonl").exists():
+        k += 1
+    path.rename(path.parent / f"metrics.interrupted-{k}.jsonl")
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept

@@ -1,0 +1,126 @@
+"""Checkpoints: everything a run carries between rounds, so an interrupted run resumes exactly.
+
+``output.checkpoint_every: k`` makes the coordinator write ``checkpoint.pt`` in the run directory
+after every k-th round (through a temporary file and an atomic rename: a crash never leaves a
+half-written checkpoint), and ``tdl run --resume DIR`` continues from it. Saved: the flat
+parameters and the model's buffers (BatchNorm statistics), the optimizer, the aggregator's state
+(CenteredClip's centre...), trust scores and quarantine, the shard holders, the security layer
+(verifier watch list) and detection tallies, the reassignment log, and torch's global RNG. Every
+other random choice (batches, attacks, spot checks) is derived from (seed, round), so a resumed
+simulated run reproduces the uninterrupted one exactly (a test checks every metric). Under
+``torchrun`` every rank reads the same file (the run directory must be visible to all ranks).
+
+Only tensors and plain containers are saved; loading uses ``torch.load(weights_only=True)``,
+which never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from trustworthy_dl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trustworthy_dl.engine.loop import RoundLoop
+
+__all__ = ["CHECKPOINT", "FORMAT", "config_digest", "load_checkpoint", "restore", "save_checkpoint"]
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = 1
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """What must not change across a resume: every section but ``output``."""
+    body = {k: v for k, v in config.items() if k != "output"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def save_checkpoint(loop: RoundLoop, path: Path, *, next_round: int, wall_s: float = 0.0) -> None:
+    """Write the state after round ``next_round - 1`` to ``path`` atomically."""
+    exp = loop.exp
+    agg_state = getattr(exp.aggregator, "state_dict", None)
+    state = {
+        "format": FORMAT,
+        "next_round": next_round,
+        "total_rounds": exp.total_rounds,
+        "config_digest": config_digest(exp.cfg.to_dict()),
+        "params": exp.flat.params_D.detach().clone(),
+        "buffers": {name: b.detach().clone() for name, b in exp.flat.model.named_buffers()},
+        "optimizer": exp.optimizer.state_dict(),
+        "aggregator": agg_state() if callable(agg_state) else {},
+        "trust": exp.trust.state_dict(),
+        "scheduler": exp.scheduler.state_dict(),
+        "security": exp.security.state_dict() if exp.security is not None else None,
+        "attacker": exp.adversary.state_dict(),
+        "tracker": loop.tracker.state_dict(),
+        "loop": {
+            "samples": loop.samples,
+            "time_split": dict(loop.totals.split),
+            "reassignments": json.dumps(loop.reassignments),
+            "wall_s": wall_s,
+        },
+        "rng": torch.get_rng_state(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint; a missing, foreign or damaged file is a ConfigError naming it."""
+    if not path.is_file():
+        raise ConfigError(
+            f"no checkpoint at {str(path)!r}: was the run started with output.checkpoint_every > 0, "
+            "and did it reach its first checkpoint?"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for damaged or foreign files
+        raise ConfigError(f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ConfigError(f"{str(path)!r} is not a trustworthy-dl checkpoint (format {FORMAT})")
+    return state
+
+
+def restore(loop: RoundLoop, state: dict[str, Any]) -> int:
+    """Load ``state`` into the run's components; returns the round to continue from."""
+    exp = loop.exp
+    if state["config_digest"] != config_digest(exp.cfg.to_dict()):
+        raise ConfigError("the checkpoint was written by a run with a different config (outside `output`)")
+    if state["total_rounds"] != exp.total_rounds:
+        raise ConfigError(
+            f"the checkpoint's run has {state['total_rounds']} rounds, this one {exp.total_rounds}"
+        )
+    params = state["params"]
+    if params.shape != exp.flat.params_D.shape:
+        raise ConfigError(
+            f"checkpoint has {params.numel()} parameters, the model {exp.flat.params_D.numel()}"
+        )
+    with torch.no_grad():
+        exp.flat.params_D.copy_(params.to(exp.flat.params_D.device))
+        buffers = dict(exp.flat.model.named_buffers())
+        for name, value in state["buffers"].items():
+            if name not in buffers:
+                raise ConfigError(f"checkpoint has a buffer {name!r} the model does not have")
+            buffers[name].copy_(value.to(buffers[name].device))
+    exp.optimizer.load_state_dict(state["optimizer"])
+    load_agg = getattr(exp.aggregator, "load_state_dict", None)
+    if callable(load_agg):
+        load_agg(state["aggregator"])
+    exp.trust.load_state_dict(state["trust"])
+    exp.scheduler.load_state_dict(state["scheduler"])
+    if exp.security is not None and state["security"] is not None:
+        exp.security.load_state_dict(state["security"])
+    exp.adversary.load_state_dict(state["attacker"])
+    loop.tracker.load_state_dict(state["tracker"])
+    loop.samples = int(state["loop"]["samples"])
+    loop.totals.split.update({k: float(v) for k, v in state["loop"]["time_split"].items()})
+    loop.reassignments = json.loads(state["loop"]["reassignments"])
+    torch.set_rng_state(state["rng"])
+    return int(state["next_round"])

@@ -192,3 +192,27 @@ def test_torchrun_defence_quarantines_the_byzantine_nodes(tmp_path: Path) -> Non
     summary = json.loads((tmp_path / "d" / "summary.json").read_text())
     assert summary["trust"]["quarantined"] == summary["byzantine_ids"]
     assert summary["detection"]["latency_rounds_max"] <= 3 and summary["detection"]["fp"] == 0
+
+
+@pytest.mark.distributed
+def test_torchrun_resume_from_a_checkpoint(tmp_path: Path) -> None:
+    """Every rank reads the checkpoint; the resumed rounds equal the uninterrupted run's."""
+    import shutil
+
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    overrides = [
+        "training.max_rounds=6",
+        "training.batch_size=8",
+        "output.plots=false",
+        "output.checkpoint_every=2",
+    ]
+    _cli_run(torchrun, tmp_path / "full", overrides)
+    cut = tmp_path / "cut"  # as if the run had died after its last checkpoint (before round 4)
+    shutil.copytree(tmp_path / "full", cut)
+    (cut / "summary.json").unlink()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, *torchrun, "-m", "trustworthy_dl", "run", "--resume", str(cut), "--quiet"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _losses(cut) == _losses(tmp_path / "full")
+    assert len((cut / "metrics.interrupted-1.jsonl").read_text().splitlines()) == 6

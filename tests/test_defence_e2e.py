@@ -12,14 +12,19 @@ from trustworthy_dl.cli import main
 from trustworthy_dl.config import config_from_dict
 from trustworthy_dl.engine.run import run_experiment
 from trustworthy_dl.engine.sweep import parse_grid
+from trustworthy_dl.errors import ConfigError
 
 
-def _cfg(attack: str, *, rounds: int = 12, partition: str = "iid", **extra):  # type: ignore[no-untyped-def]
+def _cfg(attack_name: str, *, rounds: int = 12, partition: str = "iid", **extra):  # type: ignore[no-untyped-def]
     data = {
         "data": {"name": "digits", "partition": partition},
         "training": {"batch_size": 16, "max_rounds": rounds},
         "distributed": {"num_nodes": 8},
-        "attack": {"name": attack, "num_byzantine": 2 if attack != "none" else 0, "byzantine_ids": None},
+        "attack": {
+            "name": attack_name,
+            "num_byzantine": 2 if attack_name != "none" else 0,
+            "byzantine_ids": None,
+        },
         "aggregation": {"name": "median"},
         "security": {"attack_detection": True, "gradient_verification": True},
         "output": {"progress": False, "plots": False},
@@ -167,3 +172,22 @@ def test_optimal_attack_probes_the_round_aggregation_without_disturbing_it() -> 
     assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
     assert [r["update_norm"] for r in a.history] == [r["update_norm"] for r in b.history]
     assert a.summary["detection"]["detected"] == 2
+
+
+def test_trust_weighted_aggregation_uses_the_scores() -> None:
+    # An intermittent attacker (every other round) loses trust when caught but is not quarantined
+    # yet: in its clean rounds its row is aggregated with a smaller weight than the honest rows.
+    extra = {"aggregation": {"name": "mean"}, "trust": {"weighted_aggregation": True}}
+    res = run_experiment(_cfg("sign_flip", rounds=4, attack={"every": 2}, **extra), write=False)
+    byz = res.summary["byzantine_ids"]
+    rec = res.history[1]
+    assert rec["num_aggregated"] == 8 and len(rec["weights"]) == 8
+    w = rec["weights"]
+    assert all(w[i] < w[j] for i in byz for j in range(8) if j not in byz)
+    plain = run_experiment(
+        _cfg("sign_flip", rounds=4, attack={"every": 2}, aggregation={"name": "mean"}), write=False
+    )
+    assert "weights" not in plain.history[1]
+    assert res.history[1]["update_norm"] != plain.history[1]["update_norm"]
+    with pytest.raises(ConfigError, match="honours weights"):
+        _cfg("none", aggregation={"name": "median"}, trust={"weighted_aggregation": True})

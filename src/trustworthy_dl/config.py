@@ -227,6 +227,9 @@ class TrustConfig(_Section):
     decay_rate: float = Field(0.1, ge=0, le=1)
     recovery_rate: float = Field(0.05, ge=0, le=1)
     reinstate_margin: float = Field(0.05, ge=0, le=1)
+    weighted_aggregation: bool = Field(
+        False, description="Weight each trusted node's update by its trust score (rules that take weights)."
+    )
 
 
 class PrivacyConfig(_Section):

@@ -10,13 +10,29 @@ from trustworthy_dl.errors import ConfigError, TdlError
 if TYPE_CHECKING:
     from trustworthy_dl.config import Config
 
-__all__ = ["build_run_aggregator"]
+__all__ = ["WEIGHTED_RULES", "build_run_aggregator"]
+
+#: Final rules whose output honours per-node weights (trust-weighted aggregation needs one). The
+#: coordinate-wise rules (median, trimmed mean, Bulyan) and Krum (one row) have no weighted form.
+WEIGHTED_RULES = ("mean", "multi_krum", "geometric_median", "centered_clip", "mda", "dnc", "signguard")
 
 
 def build_run_aggregator(cfg: Config) -> Aggregator:
     """The configured aggregator; ``f`` defaults to the run's Byzantine count, seeded rules get the run seed."""
     params = dict(cfg.aggregation.params)
     f = int(params.pop("f", cfg.num_byzantine))
+    if cfg.trust.weighted_aggregation:
+        from trustworthy_dl.aggregation.base import AGGREGATORS
+
+        try:
+            name = AGGREGATORS.canonical(cfg.aggregation.name)
+        except TdlError:
+            name = cfg.aggregation.name  # unknown: build_aggregator below names the valid ones
+        if name in AGGREGATORS and name not in WEIGHTED_RULES:
+            raise ConfigError(
+                f"trust.weighted_aggregation=true needs a rule that honours weights; "
+                f"aggregation.name={cfg.aggregation.name!r} does not (weighted: {', '.join(WEIGHTED_RULES)})"
+            )
     try:
         if "seed" in aggregator_params(cfg.aggregation.name):
             params.setdefault("seed", cfg.seed)

@@ -160,8 +160,13 @@ class RoundLoop:
         # A quarantined node is counted against the Byzantine budget f: the active nodes hold at most
         # f - q Byzantine ones, so the rule stops discarding honest work once the attackers are out.
         f_eff = max(0, exp.aggregator.f - int((~active_N).sum()))
+        weights = None
+        if exp.cfg.trust.weighted_aggregation:  # trust scores of the rows used, renormalised
+            w = exp.trust.weights_N()[use_N.to(exp.trust.weights_N().device)]
+            weights = w / w.sum() if float(w.sum()) > 0 else None
+            rec["weights"] = [round(float(v), 4) for v in w]
         with timer("aggregate"):
-            result, f_eff = self._aggregate(updates_ND[use_N], f_eff)
+            result, f_eff = self._aggregate(updates_ND[use_N], f_eff, weights)
         if result is None:
             rec["skipped_update"] = "no trusted row to aggregate"
         with timer("schedule"):
@@ -187,25 +192,29 @@ class RoundLoop:
             rec["aggregator"] = result.info
         return rec
 
-    def _aggregate(self, rows_MD: Tensor, f: int) -> tuple[AggResult | None, int]:
+    def _aggregate(
+        self, rows_MD: Tensor, f: int, weights_M: Tensor | None = None
+    ) -> tuple[AggResult | None, int]:
         """Aggregate the usable rows into ``agg_D``; lower f while the rule cannot tolerate it for M rows.
 
         Returns (None, f) and a zero update when no row is usable (every node distrusted).
         """
-        result, f = self.robust(rows_MD, f)
+        result, f = self.robust(rows_MD, f, weights_M)
         if result is None:
             self.agg_D.zero_()
         else:
             self.agg_D.copy_(result.value_D)
         return result, f
 
-    def robust(self, rows_MD: Tensor, f: int) -> tuple[AggResult | None, int]:
+    def robust(
+        self, rows_MD: Tensor, f: int, weights_M: Tensor | None = None
+    ) -> tuple[AggResult | None, int]:
         """The aggregator on these rows, f lowered while the rule cannot tolerate it; (None, f) if no rows."""
         if rows_MD.shape[0] == 0:
             return None, f
         while True:
             try:
-                return self.exp.aggregator(rows_MD, f=f), f
+                return self.exp.aggregator(rows_MD, weights_M, f=f), f
             except ConfigError:
                 if f == 0:
                     raise
@@ -387,9 +396,13 @@ class _RoundAggregation:
         self._loop = loop
         self._active = active_N
         self._f = max(0, loop.exp.aggregator.f - int((~active_N).sum()))
+        self._w: Tensor | None = None
+        if loop.exp.cfg.trust.weighted_aggregation:
+            w = loop.exp.trust.weights_N()[active_N]
+            self._w = w / w.sum() if float(w.sum()) > 0 else None
 
     def __call__(self, updates_ND: Tensor) -> Tensor:
-        result, _ = self._loop.robust(updates_ND[self._active.to(updates_ND.device)], self._f)
+        result, _ = self._loop.robust(updates_ND[self._active.to(updates_ND.device)], self._f, self._w)
         return torch.zeros_like(updates_ND[0]) if result is None else result.value_D
 
     def __getattr__(self, name: str) -> Any:

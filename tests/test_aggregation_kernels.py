@@ -311,3 +311,25 @@ def test_distance_rules_agree_on_native_and_torch_gram(name: str, monkeypatch: p
         m.setattr(_gram, "_native_gram", lambda X, E: False)
         reference = run()
     torch.testing.assert_close(native, reference, rtol=1e-5, atol=1e-6)
+
+
+@needs_cc
+@pytest.mark.parametrize(("n", "beta"), [(7, 3), (9, 5), (12, 4)])
+def test_native_bulyan_equals_torch_path_bitwise(n: int, beta: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trustworthy_dl.aggregation import _sortnet
+
+    g = _gen(n + beta)
+    D = 70_001
+    X = torch.randn(n + 2, D, generator=g)
+    X[1] = X[2]  # duplicate rows: tied windows must be averaged the same way
+    X[3, ::5] = float("inf")
+    X[4, 1::7] = float("nan")
+    sel = torch.zeros(n + 2, dtype=torch.bool)
+    sel[:n] = True
+    native = bulyan_coordinates(Rows(X), sel, beta)
+    assert _sortnet._native_bulyan(sort_plan(n), beta, Rows(X)) is not None
+    with monkeypatch.context() as m:
+        m.setattr(_sortnet, "_native_bulyan", lambda plan, beta, rows: None)
+        reference = bulyan_coordinates(Rows(X), sel, beta)
+    assert _same(native[0], reference[0])
+    assert torch.equal(native[1], reference[1])

@@ -44,6 +44,7 @@ from torch import Tensor
 __all__ = [
     "MAX_ROWS",
     "MIN_COLUMNS",
+    "bulyan_kernel",
     "enabled",
     "gram_available",
     "gram_kernel",
@@ -101,6 +102,81 @@ def source(ops: Sequence[Op], wire_row: Sequence[int], lo: int, hi: int) -> str:
         lines.append(f"    out[c] = {acc} * {scale.hex()}f;")
     lines += ["  }", "}", ""]
     return "\n".join(lines)
+
+
+def _f32_hex(v: float) -> str:
+    """A Python float as torch casts it to float32, as a C hex literal."""
+    return float(torch.tensor(v, dtype=torch.float32)).hex() + "f"
+
+
+def bulyan_source(ops: Sequence[Op], wire_row: Sequence[int], beta: int) -> str:
+    """C source of Bulyan's coordinate stage after the sorting program (``_sortnet.bulyan_coordinates``):
+    the mean of the beta-wide windows of sorted values nearest the median, ties averaged. Rows come
+    as pointers (the selected rows of the update matrix); maximum / minimum propagate NaN as ATen's."""
+    m = len(wire_row)
+    lo, hi, nwin = (m - 1) // 2, m // 2, m - beta + 1
+    s = [f"r{wire_row[k]}" for k in range(m)]
+    lines = [
+        "#include <math.h>",
+        "#include <stdint.h>",
+        "static inline float MAXN(float a, float b) {",
+        "  float m = a > b ? a : b;",
+        '  return __builtin_isunordered(a, b) ? __builtin_nanf("") : m;',
+        "}",
+        "static inline float MINN(float a, float b) {",
+        "  float m = a < b ? a : b;",
+        '  return __builtin_isunordered(a, b) ? __builtin_nanf("") : m;',
+        "}",
+        "void tdl_bulyan(const float *const *rows, int64_t start, int64_t stop, float *restrict out) {",
+    ]
+    lines += [f"  const float *p{i} = rows[{i}];" for i in range(m)]
+    lines.append("  for (int64_t c = start; c < stop; c++) {")
+    lines += [f"    float r{i} = p{i}[c]; r{i} = r{i} != r{i} ? INFINITY : r{i};" for i in range(m)]
+    if any(o == m for _, _, _, o in ops):
+        lines.append(f"    float r{m};")
+    for kind, x, y, o in ops:
+        cmp = "<" if kind == 0 else ">"
+        lines.append(f"    r{o} = r{x} {cmp} r{y} ? r{x} : r{y};")
+    lines.append(f"    float med = ({s[lo]} + {s[hi]}) * 0x1p-1f;")
+    for k in range(nwin):
+        lines.append(f"    float c{k} = MAXN(med - {s[k]}, {s[k + beta - 1]} - med);")
+    lines.append("    float best = c0;")
+    lines += [f"    best = MINN(best, c{k});" for k in range(1, nwin)]
+    lines.append(f"    best = best + (fabsf(med) + best) * {_f32_hex(1e-6)};")
+    lines.append("    float acc = 0.0f, cnt = 0.0f, win;")
+    for k in range(nwin):
+        lines.append(f"    win = {s[k]};")
+        lines += [f"    win = win + {s[t]};" for t in range(k + 1, k + beta)]
+        lines.append(f"    acc = acc + (c{k} <= best ? win : 0.0f);")
+        lines.append(f"    cnt = cnt + (c{k} <= best ? 1.0f : 0.0f);")
+    lines.append(f"    out[c] = acc / (cnt * {_f32_hex(float(beta))});")
+    lines += ["  }", "}", ""]
+    return "\n".join(lines)
+
+
+def bulyan_kernel(
+    ops: Sequence[Op], wire_row: Sequence[int], beta: int
+) -> Callable[[Sequence[Tensor], Tensor, int, int], None] | None:
+    """``run(rows, out_D, start, stop)``: Bulyan's coordinate stage over the given (D,) rows for
+    the columns [start, stop), or None if it cannot be built."""
+    if not enabled() or len(wire_row) > MAX_ROWS:
+        return None
+    # -fno-trapping-math lets GCC if-convert the NaN checks (vectorised); rounding is unchanged
+    lib = _library(bulyan_source(ops, wire_row, beta), "bulyan", (*_EXACT, "-fno-trapping-math"))
+    if lib is None:
+        return None
+    fn = lib.tdl_bulyan
+    fn.restype = None
+    fn.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    m = len(wire_row)
+
+    def run(rows: Sequence[Tensor], out_D: Tensor, start: int, stop: int) -> None:
+        if len(rows) != m or any(r.dtype != torch.float32 or r.stride(0) != 1 for r in rows):
+            raise ValueError(f"native Bulyan kernel: needs {m} CPU float32 rows with unit stride")
+        ptrs = (ctypes.c_void_p * m)(*[r.data_ptr() for r in rows])
+        fn(ptrs, start, stop, out_D.data_ptr())
+
+    return run
 
 
 def _cpu_signature() -> str:

@@ -219,20 +219,34 @@ def _run(
             _native_chunk(X, coef_t, diag, kern, out, start, stop, B)
 
         map_column_chunks(native, D, B, X.device)
-        # Shares: the torch path on the sampled columns only (the same columns it would sample).
-        cols = [(i * B, min(D, i * B + SHARE_COLUMNS)) for i in sorted(sampled)]
-        Xs = torch.cat([X[:, a:b] for a, b in cols], 1)
-        Bs = min(SHARE_COLUMNS, int(Xs.shape[1]))
-        scratch = torch.empty(Xs.shape[1], dtype=X.dtype, device=X.device)
-        every = set(range(len(cols)))
-        counts = _run_chunk(Xs, coef_t, diag, None, plan, reduce, scratch, every, 0, int(Xs.shape[1]), Bs)
-        return out, counts, "native"
+        return out, _sample_counts(X, coef_t, diag, None, plan, reduce, sampled, B), "native"
 
     def chunk(start: int, stop: int) -> Tensor:
         return _run_chunk(X, coef_t, diag, idx, plan, reduce, out, sampled, start, stop, B)
 
     counts = torch.stack(map_column_chunks(chunk, D, B, X.device)).sum(0)
     return out, counts, "torch"
+
+
+def _sample_counts(
+    X: Tensor,
+    coef: Tensor | None,
+    diag: Tensor | None,
+    idx: Tensor | None,
+    plan: Plan,
+    reduce: Reduce,
+    sampled: set[int],
+    B: int,
+) -> Tensor:
+    """The share counts of the torch path, computed on the sampled columns only (the same columns
+    the torch path samples), for a statistic the native kernel produced."""
+    D = X.shape[1]
+    cols = [(i * B, min(D, i * B + SHARE_COLUMNS)) for i in sorted(sampled)]
+    Xs = torch.cat([X[:, a:b] for a, b in cols], 1)
+    Bs = min(SHARE_COLUMNS, int(Xs.shape[1]))
+    scratch = torch.empty(Xs.shape[1], dtype=X.dtype, device=X.device)
+    every = set(range(len(cols)))
+    return _run_chunk(Xs, coef, diag, idx, plan, reduce, scratch, every, 0, int(Xs.shape[1]), Bs)
 
 
 def _native_chunk(
@@ -423,5 +437,32 @@ def bulyan_coordinates(
         out_b.div_(count.mul_(beta))
         return (lo, hi) if sample else None  # type: ignore[return-value]
 
+    kern = _native_bulyan(plan, beta, rows)
+    if kern is not None:  # unmixed float32 rows on the CPU, wide enough
+        X, D = rows.X, rows.D
+        idx = sel_M.nonzero().flatten()
+        chosen = [X[int(i)] for i in idx]
+        B = min(block or sort_block(theta), D)
+        out = torch.empty(D, dtype=X.dtype, device=X.device)
+        map_column_chunks(lambda s, e: kern(chosen, out, s, e), D, B, X.device)
+        sampled = _share_blocks(-(-D // B))
+        return out, _shares(_sample_counts(X, None, None, idx, plan, reduce, sampled, B))
     out, counts, _ = _run(rows, plan, reduce, sel=sel_M, block=block)
     return out, _shares(counts)
+
+
+def _native_bulyan(
+    plan: Plan, beta: int, rows: Rows
+) -> Callable[[list[Tensor], Tensor, int, int], None] | None:
+    X = rows.X
+    if rows.coef is not None or X.device.type != "cpu" or X.dtype != torch.float32 or X.stride(1) != 1:
+        return None
+    if X.shape[1] < _kernel.MIN_COLUMNS:
+        return None
+    return _native_bulyan_kernel(plan, beta)
+
+
+@functools.cache
+def _native_bulyan_kernel(plan: Plan, beta: int) -> Callable[[list[Tensor], Tensor, int, int], None] | None:
+    ops = [(0 if fn is torch.minimum else 1, x, y, o) for fn, x, y, o in plan.ops]
+    return _kernel.bulyan_kernel(ops, plan.wire_row, beta)

@@ -7,11 +7,12 @@ Bulyan's window), the mixing path of the block driver, and MDA's diameter search
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
 
-from trustworthy_dl.aggregation import _kernel
+from trustworthy_dl.aggregation import _native, _native_sort
 from trustworthy_dl.aggregation._gram import FAR_NORM, centred_gram
 from trustworthy_dl.aggregation._rows import Rows
 from trustworthy_dl.aggregation._sortnet import (
@@ -220,7 +221,7 @@ def test_mda_search_is_fast_for_large_n() -> None:
 # --------------------------------------------------------------------------- native kernel
 
 needs_cc = pytest.mark.skipif(
-    not _kernel.enabled(),
+    not _native.enabled(),
     reason="no C compiler (or TDL_NATIVE=0): the rules use the torch path",
 )
 
@@ -245,13 +246,13 @@ def test_native_kernel_builds_here() -> None:
     # With a C compiler the fast path must not silently fall back to torch.
     from trustworthy_dl.aggregation import _sortnet
 
-    wide = _kernel.MIN_COLUMNS
+    wide = _native.MIN_COLUMNS
     plan = median_plan(4)
     assert _sortnet._native(plan, (1, 2), torch.zeros(4, wide)) is not None
     assert _sortnet._native(plan, (1, 2), torch.zeros(4, wide, dtype=torch.float64)) is None
     assert _sortnet._native(plan, (1, 2), torch.zeros(wide, 4).t()) is None  # columns not contiguous
     assert _sortnet._native(plan, (1, 2), torch.zeros(4, 8)) is None  # narrow: the torch path
-    src = _kernel.source([(0, 0, 1, 4), (1, 0, 1, 1)], (4, 1, 2, 3), 1, 2)
+    src = _native_sort.source([(0, 0, 1, 4), (1, 0, 1, 1)], (4, 1, 2, 3), 1, 2)
     assert "r4 = r0 < r1 ? r0 : r1;" in src and "r1 = r0 > r1 ? r0 : r1;" in src
     assert "(r1 + r2) * 0x1.0000000000000p-1f" in src
 
@@ -333,3 +334,14 @@ def test_native_bulyan_equals_torch_path_bitwise(n: int, beta: int, monkeypatch:
         reference = bulyan_coordinates(Rows(X), sel, beta)
     assert _same(native[0], reference[0])
     assert torch.equal(native[1], reference[1])
+
+
+@needs_cc
+def test_native_build_passes_each_kernels_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The rounding of the sorting kernels depends on their flags (-ffp-contract=off): a kernel
+    # built without them must not exist. This source compiles only when its own flag arrives.
+    monkeypatch.setenv("TDL_CACHE_DIR", str(tmp_path))
+    src = "#ifndef TDL_FLAG_CHECK\n#error per-kernel flags were not passed\n#endif\nint tdl_ok(void) { return 7; }\n"
+    lib = _native._build(src, "flagcheck", ("-DTDL_FLAG_CHECK",))
+    assert lib is not None and lib.tdl_ok() == 7
+    assert list((tmp_path / "kernels").glob("flagcheck-*.so"))

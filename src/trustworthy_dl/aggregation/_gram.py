@@ -20,8 +20,8 @@ products between the rows and between linear combinations of rows. We compute th
   pre-aggregators (NNM, bucketing, clipping) never materialise their output rows.
 * **Far rows.** A row with a non-finite value or (centred) norm above :data:`FAR_NORM` is *far*: it
   is zeroed in the GEMM (no overflow, no NaN) and every rule treats it as infinitely far.
-* **Native kernel.** On CPU, for float32 inputs of at least ``_kernel.MIN_COLUMNS`` columns, each
-  block's centring and Gram product run in one native call (``_kernel.gram_kernel``: centring in
+* **Native kernel.** On CPU, for float32 inputs of at least ``native_build.MIN_COLUMNS`` columns, each
+  block's centring and Gram product run in one native call (``_native_gram``: centring in
   L1, register-tiled upper triangle, float64 per block); the same blocks, references and far-row
   handling as the torch path, with float32 sums in another order (tests compare both to float64).
 
@@ -36,7 +36,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from trustworthy_dl.aggregation import _kernel
+from trustworthy_dl.aggregation import _native as native_build
+from trustworthy_dl.aggregation import _native_gram as native_gram
 from trustworthy_dl.aggregation._parallel import map_column_chunks
 
 __all__ = ["FAR_NORM", "Geometry", "centred_gram", "row_norms"]
@@ -261,11 +262,11 @@ def _native_gram(X_ND: Tensor, extras_KD: Tensor | None) -> bool:
     """Whether the native kernel serves this input (it exists, CPU float32, wide enough)."""
     mats = [X_ND] if extras_KD is None else [X_ND, extras_KD]
     R = sum(int(m.shape[0]) for m in mats)
-    if R > NATIVE_MAX_ROWS or X_ND.shape[1] < _kernel.MIN_COLUMNS:
+    if R > NATIVE_MAX_ROWS or X_ND.shape[1] < native_build.MIN_COLUMNS:
         return False
     if any(m.device.type != "cpu" or m.dtype != torch.float32 or m.stride(1) != 1 for m in mats):
         return False
-    return _kernel.gram_available()
+    return native_gram.gram_available()
 
 
 #: Columns per block of the native path: the reference row and the far rows are decided per block
@@ -279,7 +280,7 @@ def _gram_chunk_native(
     """:func:`_gram_chunk` with each block's centring and product in one native call."""
     N = X_ND.shape[0]
     rows: list[Tensor] = list(X_ND.unbind(0)) + ([] if extras_KD is None else list(extras_KD.unbind(0)))
-    kern = _kernel.gram_kernel(rows)
+    kern = native_gram.gram_kernel(rows)
     assert kern is not None
     R = len(rows)
     T = torch.zeros(R, R, dtype=torch.float64)

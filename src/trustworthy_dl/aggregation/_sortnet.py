@@ -21,7 +21,7 @@ The aggregate's per-node weights are measured on a sample of column blocks: the 
 coordinates in which each row is among the kept values (an approximation, reported as such).
 
 On CPU, median and trimmed mean (a mean of middle wires) over wide inputs run the same plan as a
-native kernel (``_kernel``: the plan compiled to straight-line C, values in registers, one read of
+native kernel (``_native_sort``: the plan compiled to straight-line C, values in registers, one read of
 the data) when it can be built; the torch path below serves everything else (GPU, float64,
 Bulyan, narrow inputs) and computes bitwise the same values.
 
@@ -37,7 +37,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from trustworthy_dl.aggregation import _kernel
+from trustworthy_dl.aggregation import _native as native_build
+from trustworthy_dl.aggregation import _native_sort as native_sort
 from trustworthy_dl.aggregation._parallel import map_column_chunks
 from trustworthy_dl.aggregation._rows import Rows
 
@@ -137,7 +138,7 @@ def _native(
         X.device.type != "cpu"
         or X.dtype != torch.float32
         or X.stride(1) != 1
-        or X.shape[1] < _kernel.MIN_COLUMNS
+        or X.shape[1] < native_build.MIN_COLUMNS
     ):
         return None
     return _native_kernel(plan, *middle)
@@ -146,7 +147,7 @@ def _native(
 @functools.cache
 def _native_kernel(plan: Plan, lo: int, hi: int) -> Callable[[Tensor, Tensor, int, int], None] | None:
     ops = [(0 if fn is torch.minimum else 1, x, y, o) for fn, x, y, o in plan.ops]
-    return _kernel.middle_mean_kernel(ops, plan.wire_row, lo, hi)
+    return native_sort.middle_mean_kernel(ops, plan.wire_row, lo, hi)
 
 
 @functools.cache
@@ -457,7 +458,7 @@ def _native_bulyan(
     X = rows.X
     if rows.coef is not None or X.device.type != "cpu" or X.dtype != torch.float32 or X.stride(1) != 1:
         return None
-    if X.shape[1] < _kernel.MIN_COLUMNS:
+    if X.shape[1] < native_build.MIN_COLUMNS:
         return None
     return _native_bulyan_kernel(plan, beta)
 
@@ -465,4 +466,4 @@ def _native_bulyan(
 @functools.cache
 def _native_bulyan_kernel(plan: Plan, beta: int) -> Callable[[list[Tensor], Tensor, int, int], None] | None:
     ops = [(0 if fn is torch.minimum else 1, x, y, o) for fn, x, y, o in plan.ops]
-    return _kernel.bulyan_kernel(ops, plan.wire_row, beta)
+    return native_sort.bulyan_kernel(ops, plan.wire_row, beta)

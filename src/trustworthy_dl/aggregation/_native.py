@@ -63,9 +63,7 @@ def _warn(msg: str) -> None:
     global _warned
     if not _warned:
         _warned = True
-        warnings.warn(
-            f"trustworthy_dl: {msg}; the aggregators use their slower torch paths", stacklevel=4
-        )
+        warnings.warn(f"trustworthy_dl: {msg}; the aggregators use their slower torch paths", stacklevel=4)
 
 
 def _build(src: str, name: str, flags: tuple[str, ...]) -> ctypes.CDLL | None:

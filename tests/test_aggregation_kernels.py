@@ -345,3 +345,25 @@ def test_native_build_passes_each_kernels_flags(tmp_path: Path, monkeypatch: pyt
     lib = _native._build(src, "flagcheck", ("-DTDL_FLAG_CHECK",))
     assert lib is not None and lib.tdl_ok() == 7
     assert list((tmp_path / "kernels").glob("flagcheck-*.so"))
+
+
+@needs_cc
+def test_native_materialize_matches_the_gemm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trustworthy_dl.aggregation import _rows
+
+    g = _gen(21)
+    X = torch.randn(9, 70_003, generator=g)
+    X[8, 5] = float("nan")  # a far row that no mixture uses: it must not leak (0 * NaN)
+    C = torch.rand(7, 9, generator=g, dtype=torch.float64)
+    C[:, 8] = 0
+    C[3] = C[1]  # identical mixtures give bitwise-identical rows
+    C /= C.sum(1, keepdim=True)
+    rows = Rows(X).mix(C, torch.full((7,), 1 / 7, dtype=torch.float64), "test")
+    assert rows._materialize_native() is not None
+    native = rows.materialize()
+    with monkeypatch.context() as m:
+        m.setattr(_rows.Rows, "_materialize_native", lambda self: None)
+        reference = rows.materialize()
+    assert torch.isfinite(native).all()
+    torch.testing.assert_close(native, reference, rtol=1e-6, atol=1e-6)
+    assert torch.equal(native[3], native[1])

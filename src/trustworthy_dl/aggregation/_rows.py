@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from trustworthy_dl.aggregation import _native as native_build
+from trustworthy_dl.aggregation import _native_mix as native_mix
 from trustworthy_dl.aggregation._checks import check_updates, check_weights
 from trustworthy_dl.aggregation._gram import FAR_NORM, Geometry, centred_gram, row_norms
 from trustworthy_dl.aggregation._parallel import map_column_chunks
@@ -155,6 +157,9 @@ class Rows:
         """The (M, D) rows as a new tensor (one GEMM; rules never need this)."""
         if self.coef is None:
             return self.X.clone()
+        native = self._materialize_native()
+        if native is not None:
+            return native
         # Mixtures repeat (NNM neighbourhoods often coincide): multiply each distinct row once.
         U, inv = torch.unique(self.coef, dim=0, return_inverse=True)
         if U.shape[0] == self.n:
@@ -182,6 +187,25 @@ class Rows:
                     torch.index_select(buf[:, : e - s], 0, inv, out=Y[:, s:e])
 
         map_column_chunks(chunk, self.D, B, X.device)
+        return Y
+
+    def _materialize_native(self) -> Tensor | None:
+        """``materialize`` by the native mixing kernel (one read, streaming writes), or None."""
+        X = self.X
+        if X.device.type != "cpu" or X.dtype != torch.float32 or self.D < native_build.MIN_COLUMNS:
+            return None
+        assert self.coef is not None
+        used = (self.coef != 0).any(0).nonzero().flatten().tolist()
+        if not used or len(used) > native_mix.MAX_INPUTS:
+            return None
+        kern = native_mix.mix_kernel()
+        if kern is None:
+            return None
+        C = self.coef[:, used].to(torch.float32).contiguous()
+        inputs = [X[j] for j in used]
+        Y = torch.empty(self.n, self.D, dtype=X.dtype, device=X.device)
+        outs = list(Y.unbind(0))
+        map_column_chunks(lambda s, e: kern(inputs, C, outs, s, e), self.D, 1 << 16, X.device)
         return Y
 
     def node_coefficients(self, e_M: Tensor) -> Tensor:

@@ -75,6 +75,11 @@ def _zero(h: Tensor, own: Tensor, out: Tensor) -> None:
     assert torch.equal(out, torch.zeros(B, D))
 
 
+def _zero_sum(h: Tensor, own: Tensor, out: Tensor) -> None:
+    _same_rows(out)
+    torch.testing.assert_close(torch.cat([h, out]).sum(0), torch.zeros(D), atol=1e-4, rtol=0)
+
+
 def _sign_flip(h: Tensor, own: Tensor, out: Tensor) -> None:
     torch.testing.assert_close(out, -own)
 
@@ -139,6 +144,7 @@ def _min_sum(h: Tensor, own: Tensor, out: Tensor) -> None:
 EFFECTS: dict[str, Callable[[Tensor, Tensor, Tensor], None]] = {
     "gaussian": _gaussian,
     "zero_gradient": _zero,
+    "zero_sum": _zero_sum,
     "sign_flip": _sign_flip,
     "scaling": _scaling,
     "non_finite": _non_finite,

@@ -1,4 +1,4 @@
-"""Simple update attacks: gaussian, zero-gradient, sign-flip, scaling, non-finite, mimic.
+"""Simple update attacks: gaussian, zero-gradient, zero-sum, sign-flip, scaling, non-finite, mimic.
 
 Legend: H honest rows the attack sees, B Byzantine rows it returns, D flat parameters.
 
@@ -35,7 +35,7 @@ from trustworthy_dl.attacks.base import (
 from trustworthy_dl.attacks.context import AttackContext
 from trustworthy_dl.attacks.registry import UPDATE_ATTACKS
 
-__all__ = ["Gaussian", "Mimic", "NonFinite", "Scaling", "SignFlip", "ZeroGradient"]
+__all__ = ["Gaussian", "Mimic", "NonFinite", "Scaling", "SignFlip", "ZeroGradient", "ZeroSum"]
 
 
 @UPDATE_ATTACKS.register("gaussian")
@@ -78,6 +78,27 @@ class ZeroGradient(UpdateAttack):
         context: AttackContext | None = None,
     ) -> Tensor:
         return torch.zeros_like(rowwise(honest_HD, num_byzantine))
+
+
+@UPDATE_ATTACKS.register("zero_sum")
+@dataclass
+class ZeroSum(UpdateAttack):
+    """Byzantine rows = ``-sum(honest) / B`` (omniscient): the sum, and so a plain mean, of all N
+    rows is exactly zero, so an undefended run stops learning. The stronger reading of a "zero
+    gradient" attack; ``zero_gradient`` is the node that merely sends zeros."""
+
+    knowledge: ClassVar[Literal["own", "omniscient"]] = "omniscient"
+
+    def __call__(
+        self,
+        honest_HD: Tensor,
+        *,
+        num_byzantine: int,
+        generator: torch.Generator | None = None,
+        context: AttackContext | None = None,
+    ) -> Tensor:
+        total_D = honest_HD.float().sum(0)
+        return repeat_rows((-total_D / num_byzantine).to(honest_HD.dtype), num_byzantine, honest_HD)
 
 
 @UPDATE_ATTACKS.register("sign_flip")

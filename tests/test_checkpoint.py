@@ -116,6 +116,10 @@ def test_resume_errors_are_clear(
     assert main(["run", "--resume", str(tmp_path / "other"), "--set", "training.learning_rate=0.5"]) == 2
     assert "different config" in capsys.readouterr().err
     assert not (tmp_path / "other" / "metrics.interrupted-1.jsonl").exists()  # refused before any file moved
-    # CONFIG and --resume together
+    # CONFIG and --resume together, for run and for launch
     assert main(["run", "configs/quickstart.yaml", "--resume", str(tmp_path / "other")]) == 2
     assert "drop CONFIG" in capsys.readouterr().err
+    assert main(["launch", "-n", "2", "configs/quickstart.yaml", "--resume", str(tmp_path / "other")]) == 2
+    assert "drop CONFIG" in capsys.readouterr().err
+    assert main(["launch", "-n", "2", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "a run directory?" in capsys.readouterr().err

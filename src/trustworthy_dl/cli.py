@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     launch.add_argument("-n", "--nproc", type=int, default=2, help="processes on this machine")
     config_args(launch)
     launch.add_argument("--out", help="output directory")
+    launch.add_argument("--resume", metavar="RUN_DIR", help="continue the unfinished run in RUN_DIR")
 
     sweep = sub.add_parser("sweep", help="run a config over a grid of overrides and tabulate the results")
     config_args(sweep)
@@ -85,6 +86,16 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return load_config(args.config, args.overrides)
 
 
+def _resume_config(args: argparse.Namespace) -> str:
+    """The config.yaml of the run directory named by ``--resume`` (which then takes no CONFIG / --out)."""
+    if args.config or args.out:
+        raise TdlError("--resume RUN_DIR uses that run's own config.yaml and directory: drop CONFIG / --out")
+    config_path = Path(args.resume) / "config.yaml"
+    if not config_path.is_file():
+        raise TdlError(f"{str(config_path)!r} not found: is {args.resume!r} a run directory?")
+    return str(config_path)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from trustworthy_dl.engine.run import run_experiment
     from trustworthy_dl.report.console import print_summary
@@ -93,14 +104,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.quiet:
         overrides.append("output.progress=false")
     if args.resume:
-        if args.config or args.out:
-            raise TdlError(
-                "--resume RUN_DIR uses that run's own config.yaml and directory: drop CONFIG / --out"
-            )
-        config_path = Path(args.resume) / "config.yaml"
-        if not config_path.is_file():
-            raise TdlError(f"{str(config_path)!r} not found: is {args.resume!r} a run directory?")
-        cfg = _load(argparse.Namespace(config=str(config_path), overrides=overrides))
+        cfg = _load(argparse.Namespace(config=_resume_config(args), overrides=overrides))
         result = run_experiment(cfg, out_dir=args.resume, resume=True)
     else:
         cfg = _load(argparse.Namespace(config=args.config, overrides=overrides))
@@ -111,7 +115,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
-    _load(args)  # fail fast, in one process, on a bad config
+    if args.resume:
+        _load(argparse.Namespace(config=_resume_config(args), overrides=args.overrides))
+    else:
+        _load(args)  # fail fast, in one process, on a bad config
     if args.nproc < 1:
         raise TdlError(f"--nproc must be >= 1, got {args.nproc}")
     cmd = [
@@ -130,6 +137,8 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         cmd += ["--set", o]
     if args.out:
         cmd += ["--out", args.out]
+    if args.resume:
+        cmd += ["--resume", args.resume]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     return subprocess.call(cmd, env=env)
 

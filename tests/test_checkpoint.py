@@ -114,7 +114,8 @@ def test_resume_errors_are_clear(
         with pytest.raises(KeyboardInterrupt):
             run_experiment(_cfg(tmp_path / "other"))
     assert main(["run", "--resume", str(tmp_path / "other"), "--set", "training.learning_rate=0.5"]) == 2
-    assert "different config" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "another config (training.learning_rate: 0.05 in the checkpoint, 0.5 now)" in err
     assert not (tmp_path / "other" / "metrics.interrupted-1.jsonl").exists()  # refused before any file moved
     # CONFIG and --resume together, for run and for launch
     assert main(["run", "configs/quickstart.yaml", "--resume", str(tmp_path / "other")]) == 2
@@ -123,3 +124,14 @@ def test_resume_errors_are_clear(
     assert "drop CONFIG" in capsys.readouterr().err
     assert main(["launch", "-n", "2", "--resume", str(tmp_path / "nowhere")]) == 2
     assert "a run directory?" in capsys.readouterr().err
+
+
+def test_config_difference_allows_settings_added_later() -> None:
+    from trustworthy_dl.engine.checkpoint import config_difference
+
+    saved = {"training": {"lr": 0.1, "momentum": 0.9}, "trust": {"threshold": 0.7}}
+    assert config_difference(saved, {**saved, "trust": {"threshold": 0.7, "weighted": False}}) is None
+    assert config_difference(saved, {**saved, "training": {"lr": 0.2, "momentum": 0.9}}) == (
+        "training.lr: 0.1 in the checkpoint, 0.2 now"
+    )
+    assert "absent now" in (config_difference(saved, {"training": saved["training"]}) or "")

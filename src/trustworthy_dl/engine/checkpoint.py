@@ -16,7 +16,6 @@ which never runs code from the file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -29,16 +28,52 @@ from trustworthy_dl.errors import ConfigError
 if TYPE_CHECKING:
     from trustworthy_dl.engine.loop import RoundLoop
 
-__all__ = ["CHECKPOINT", "FORMAT", "config_digest", "load_checkpoint", "restore", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT",
+    "FORMAT",
+    "check_config",
+    "config_difference",
+    "load_checkpoint",
+    "restore",
+    "save_checkpoint",
+]
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = 1
 
 
-def config_digest(config: dict[str, Any]) -> str:
-    """What must not change across a resume: every section but ``output``."""
+def _body(config: dict[str, Any]) -> dict[str, Any]:
+    """What must not change across a resume: every section but ``output``, as plain JSON values."""
     body = {k: v for k, v in config.items() if k != "output"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    return json.loads(json.dumps(body, sort_keys=True, default=str))
+
+
+def config_difference(saved: dict[str, Any], current: dict[str, Any], path: str = "") -> str | None:
+    """The first setting of ``saved`` that ``current`` changes, as "key: saved -> current"; None if
+    none. Settings ``current`` has and ``saved`` lacks (added by a newer release, at their
+    defaults) are not differences."""
+    for key, old in saved.items():
+        where = f"{path}.{key}" if path else key
+        if key not in current:
+            return f"{where}: {old!r} in the checkpoint, absent now"
+        new = current[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            found = config_difference(old, new, where)
+            if found:
+                return found
+        elif old != new:
+            return f"{where}: {old!r} in the checkpoint, {new!r} now"
+    return None
+
+
+def check_config(state: dict[str, Any], config: dict[str, Any]) -> None:
+    """A ConfigError naming the first setting (outside ``output``) that differs from the checkpoint's."""
+    diff = config_difference(json.loads(state["config"]), _body(config))
+    if diff is not None:
+        raise ConfigError(
+            f"the checkpoint was written by a run with another config ({diff}); resume with the run's "
+            "own config.yaml (only output.* may change)"
+        )
 
 
 def save_checkpoint(loop: RoundLoop, path: Path, *, next_round: int, wall_s: float = 0.0) -> None:
@@ -49,7 +84,7 @@ def save_checkpoint(loop: RoundLoop, path: Path, *, next_round: int, wall_s: flo
         "format": FORMAT,
         "next_round": next_round,
         "total_rounds": exp.total_rounds,
-        "config_digest": config_digest(exp.cfg.to_dict()),
+        "config": json.dumps(_body(exp.cfg.to_dict()), sort_keys=True),
         "params": exp.flat.params_D.detach().clone(),
         "buffers": {name: b.detach().clone() for name, b in exp.flat.model.named_buffers()},
         "optimizer": exp.optimizer.state_dict(),
@@ -83,7 +118,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for damaged or foreign files
         raise ConfigError(f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if (
+        not isinstance(state, dict)
+        or state.get("format") != FORMAT
+        or not isinstance(state.get("config"), str)
+    ):
         raise ConfigError(f"{str(path)!r} is not a trustworthy-dl checkpoint (format {FORMAT})")
     return state
 
@@ -91,8 +130,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def restore(loop: RoundLoop, state: dict[str, Any]) -> int:
     """Load ``state`` into the run's components; returns the round to continue from."""
     exp = loop.exp
-    if state["config_digest"] != config_digest(exp.cfg.to_dict()):
-        raise ConfigError("the checkpoint was written by a run with a different config (outside `output`)")
+    check_config(state, exp.cfg.to_dict())
     if state["total_rounds"] != exp.total_rounds:
         raise ConfigError(
             f"the checkpoint's run has {state['total_rounds']} rounds, this one {exp.total_rounds}"

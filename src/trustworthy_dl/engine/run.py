@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from trustworthy_dl.config import Config
-from trustworthy_dl.engine.checkpoint import CHECKPOINT, config_digest, load_checkpoint
+from trustworthy_dl.engine.checkpoint import CHECKPOINT, check_config, load_checkpoint
 from trustworthy_dl.engine.comm import make_comm
 from trustworthy_dl.engine.loop import RoundLoop, RunResult
 from trustworthy_dl.engine.setup import build_experiment
@@ -38,11 +38,7 @@ def run_experiment(
             if (run_dir / "summary.json").exists():
                 raise ConfigError(f"{str(run_dir)!r} holds a finished run (summary.json): nothing to resume")
             state = load_checkpoint(run_dir / CHECKPOINT)
-            if state.get("config_digest") != config_digest(cfg.to_dict()):  # before touching any file
-                raise ConfigError(
-                    f"the checkpoint in {str(run_dir)!r} was written by a run with a different config "
-                    "(outside `output`): resume with the run's own config.yaml"
-                )
+            check_config(state, cfg.to_dict())  # before touching any file
             if comm.is_coordinator:
                 target = run_dir
                 records = _keep_records(run_dir / "metrics.jsonl", int(state["next_round"]))

@@ -28,11 +28,22 @@ __all__ = ["Op", "bulyan_kernel", "bulyan_source", "middle_mean_kernel", "source
 Op = tuple[int, int, int, int]  # (0 = min / 1 = max, input row, input row, output row)
 
 
+def _network(load: str, ops: Sequence[Op], m: int) -> list[str]:
+    """Loop-body lines: load the m values of column c (``load`` formats row i), NaN -> +inf, then
+    the comparator program over m + 1 registers."""
+    lines = [f"    float r{i} = {load.format(i=i)}; r{i} = r{i} != r{i} ? INFINITY : r{i};" for i in range(m)]
+    if any(o == m for _, _, _, o in ops):
+        lines.append(f"    float r{m};")
+    for kind, x, y, o in ops:
+        cmp = "<" if kind == 0 else ">"
+        lines.append(f"    r{o} = r{x} {cmp} r{y} ? r{x} : r{y};")
+    return lines
+
+
 def source(ops: Sequence[Op], wire_row: Sequence[int], lo: int, hi: int) -> str:
     """C source of ``out[c] = mean(wires lo..hi)`` after the comparator program, for each column c."""
     m = len(wire_row)
     k = hi - lo + 1
-    scale = float(torch.tensor(1.0 / k, dtype=torch.float32))  # as torch casts the Python scalar
     lines = [
         "#include <math.h>",
         "#include <stdint.h>",
@@ -40,12 +51,7 @@ def source(ops: Sequence[Op], wire_row: Sequence[int], lo: int, hi: int) -> str:
         " float *restrict out) {",
         "  for (int64_t c = start; c < stop; c++) {",
     ]
-    lines += [f"    float r{i} = X[{i} * ld + c]; r{i} = r{i} != r{i} ? INFINITY : r{i};" for i in range(m)]
-    if any(o == m for _, _, _, o in ops):
-        lines.append(f"    float r{m};")
-    for kind, x, y, o in ops:
-        cmp = "<" if kind == 0 else ">"
-        lines.append(f"    r{o} = r{x} {cmp} r{y} ? r{x} : r{y};")
+    lines += _network("X[{i} * ld + c]", ops, m)
     mid = [f"r{wire_row[w]}" for w in range(lo, hi + 1)]
     if k == 1:
         lines.append(f"    out[c] = {mid[0]};")
@@ -53,7 +59,7 @@ def source(ops: Sequence[Op], wire_row: Sequence[int], lo: int, hi: int) -> str:
         acc = f"({mid[0]} + {mid[1]})"
         for t in mid[2:]:
             acc = f"({acc} + {t})"
-        lines.append(f"    out[c] = {acc} * {scale.hex()}f;")
+        lines.append(f"    out[c] = {acc} * {_f32_hex(1.0 / k)};")
     lines += ["  }", "}", ""]
     return "\n".join(lines)
 
@@ -85,12 +91,7 @@ def bulyan_source(ops: Sequence[Op], wire_row: Sequence[int], beta: int) -> str:
     ]
     lines += [f"  const float *p{i} = rows[{i}];" for i in range(m)]
     lines.append("  for (int64_t c = start; c < stop; c++) {")
-    lines += [f"    float r{i} = p{i}[c]; r{i} = r{i} != r{i} ? INFINITY : r{i};" for i in range(m)]
-    if any(o == m for _, _, _, o in ops):
-        lines.append(f"    float r{m};")
-    for kind, x, y, o in ops:
-        cmp = "<" if kind == 0 else ">"
-        lines.append(f"    r{o} = r{x} {cmp} r{y} ? r{x} : r{y};")
+    lines += _network("p{i}[c]", ops, m)
     lines.append(f"    float med = ({s[lo]} + {s[hi]}) * 0x1p-1f;")
     for k in range(nwin):
         lines.append(f"    float c{k} = MAXN(med - {s[k]}, {s[k + beta - 1]} - med);")

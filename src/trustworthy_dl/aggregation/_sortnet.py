@@ -146,8 +146,7 @@ def _native(
 
 @functools.cache
 def _native_kernel(plan: Plan, lo: int, hi: int) -> Callable[[Tensor, Tensor, int, int], None] | None:
-    ops = [(0 if fn is torch.minimum else 1, x, y, o) for fn, x, y, o in plan.ops]
-    return native_sort.middle_mean_kernel(ops, plan.wire_row, lo, hi)
+    return native_sort.middle_mean_kernel(_int_ops(plan), plan.wire_row, lo, hi)
 
 
 @functools.cache
@@ -465,5 +464,9 @@ def _native_bulyan(
 
 @functools.cache
 def _native_bulyan_kernel(plan: Plan, beta: int) -> Callable[[list[Tensor], Tensor, int, int], None] | None:
-    ops = [(0 if fn is torch.minimum else 1, x, y, o) for fn, x, y, o in plan.ops]
-    return native_sort.bulyan_kernel(ops, plan.wire_row, beta)
+    return native_sort.bulyan_kernel(_int_ops(plan), plan.wire_row, beta)
+
+
+def _int_ops(plan: Plan) -> list[native_sort.Op]:
+    """The plan's ops as the native generator reads them: (0 = min / 1 = max, x, y, out)."""
+    return [(0 if fn is torch.minimum else 1, x, y, o) for fn, x, y, o in plan.ops]

@@ -126,7 +126,7 @@ class RoundLoop:
         with timer("attack"):
             # an omniscient attacker probes the aggregation as this round will run it: over the
             # nodes trusted so far, with their f (it cannot know this round's verdict)
-            probe = _RoundAggregation(self, exp.trust.active_N.clone())
+            probe = _RoundAggregation(self, exp.trust.active_N.clone()) if exp.adversary.active(r) else None
             updates_ND = exp.adversary.corrupt(updates_ND, round=r, aggregator=probe)
         n = updates_ND.shape[0]
         positive_N = torch.zeros(n, dtype=torch.bool)
@@ -160,11 +160,9 @@ class RoundLoop:
         # A quarantined node is counted against the Byzantine budget f: the active nodes hold at most
         # f - q Byzantine ones, so the rule stops discarding honest work once the attackers are out.
         f_eff = max(0, exp.aggregator.f - int((~active_N).sum()))
-        weights = None
-        if exp.cfg.trust.weighted_aggregation:  # trust scores of the rows used, renormalised
-            w = exp.trust.weights_N()[use_N.to(exp.trust.weights_N().device)]
-            weights = w / w.sum() if float(w.sum()) > 0 else None
-            rec["weights"] = [round(float(v), 4) for v in w]
+        weights = self.trust_weights(use_N)
+        if exp.cfg.trust.weighted_aggregation:
+            rec["weights"] = [round(float(v), 4) for v in exp.trust.weights_N()[use_N]]
         with timer("aggregate"):
             result, f_eff = self._aggregate(updates_ND[use_N], f_eff, weights)
         if result is None:
@@ -205,6 +203,13 @@ class RoundLoop:
         else:
             self.agg_D.copy_(result.value_D)
         return result, f
+
+    def trust_weights(self, use_N: Tensor) -> Tensor | None:
+        """With ``trust.weighted_aggregation``: the used rows' trust scores, summing to 1; else None."""
+        if not self.exp.cfg.trust.weighted_aggregation:
+            return None
+        w = self.exp.trust.weights_N()[use_N]
+        return w / w.sum() if float(w.sum()) > 0 else None
 
     def robust(
         self, rows_MD: Tensor, f: int, weights_M: Tensor | None = None
@@ -396,10 +401,7 @@ class _RoundAggregation:
         self._loop = loop
         self._active = active_N
         self._f = max(0, loop.exp.aggregator.f - int((~active_N).sum()))
-        self._w: Tensor | None = None
-        if loop.exp.cfg.trust.weighted_aggregation:
-            w = loop.exp.trust.weights_N()[active_N]
-            self._w = w / w.sum() if float(w.sum()) > 0 else None
+        self._w = loop.trust_weights(active_N)
 
     def __call__(self, updates_ND: Tensor) -> Tensor:
         result, _ = self._loop.robust(updates_ND[self._active.to(updates_ND.device)], self._f, self._w)

@@ -116,13 +116,78 @@ class DistributedConfig(_Section):
         description="simulated: all nodes in one process; torch: one process group under torchrun.",
     )
     num_stages: int | None = Field(
-        None, ge=1, description="Pipeline stages S for model / hybrid parallelism."
+        None,
+        ge=1,
+        description="Pipeline stages S for model / hybrid parallelism (None: 4 for model, 2 for hybrid).",
+    )
+    replicas: int | None = Field(
+        None,
+        ge=1,
+        description="Data-parallel pipelines M for hybrid parallelism (model: 1; None: derived from num_nodes).",
+    )
+    spares: int = Field(
+        0, ge=0, description="Pipeline nodes that hold no stage until a distrusted stage needs a new home."
+    )
+    micro_batches: int = Field(
+        4, ge=1, description="Micro-batches per replica per step in pipeline schedules."
+    )
+    schedule: Literal["gpipe", "1f1b"] = Field(
+        "1f1b", description="Pipeline schedule: gpipe (all forwards, then all backwards) or 1f1b."
     )
     per_node_grads: Literal["loop", "vmap", "compile_vmap"] = Field(
         "loop", description="How the simulated backend computes per-node gradients (loop is fastest on CPU)."
     )
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
+
+    def layout_numbers(self, max_stages: int | None = None) -> tuple[int, int, int]:
+        """(M replicas, S stages, spares) of this layout; data parallel is (N, 1, 0).
+
+        Given ``num_stages``, ``num_nodes`` must equal M x S + spares: a mismatch raises ValueError
+        showing the arithmetic. Without it, S is derived: for ``model`` every non-spare node holds a
+        stage, for ``hybrid`` S = 2; capped at ``max_stages`` (the model's blocks, when known) and
+        the nodes left over become spares.
+        """
+        n = self.num_nodes
+        if self.parallelism == "data":
+            if self.num_stages not in (None, 1) or self.replicas not in (None, n) or self.spares:
+                raise ValueError(
+                    "parallelism=data takes no num_stages / replicas / spares "
+                    f"(got num_stages={self.num_stages}, replicas={self.replicas}, spares={self.spares})"
+                )
+            return n, 1, 0
+        if self.spares >= n:
+            raise ValueError(f"spares={self.spares} leaves no node of num_nodes={n} to hold a stage")
+        given = self.num_stages is not None
+        if self.num_stages is not None:
+            s = self.num_stages
+        elif self.parallelism == "model":
+            s = n - self.spares
+        else:
+            s = 2
+        if not given and max_stages is not None:
+            s = max(1, min(s, max_stages))
+        if self.parallelism == "model":
+            if self.replicas not in (None, 1):
+                raise ValueError(
+                    f"parallelism=model is one pipeline: replicas must be 1 (got {self.replicas}); use hybrid"
+                )
+            m = 1
+        else:
+            m = self.replicas if self.replicas is not None else (n - self.spares) // s
+            if m < 2:
+                raise ValueError(
+                    f"parallelism=hybrid needs replicas >= 2 (num_nodes={n}, num_stages={s}, "
+                    f"spares={self.spares} give replicas={m}); use parallelism=model for one pipeline"
+                )
+        if given or self.replicas is not None:
+            if m * s + self.spares != n:
+                raise ValueError(
+                    f"num_nodes={n} must equal replicas x num_stages + spares = {m} x {s} + {self.spares} "
+                    f"= {m * s + self.spares}"
+                )
+            return m, s, self.spares
+        return m, s, n - m * s  # derived: the nodes left over are spares
 
 
 class AttackConfig(_Section):
@@ -138,17 +203,30 @@ class AttackConfig(_Section):
     every: int = Field(1, ge=1, description="Attack every k-th round from start_round (intermittent).")
     collude: bool = Field(True, description="Byzantine nodes send one shared vector.")
     params: dict[str, Any] = Field(default_factory=dict, description="Attack hyperparameters.")
+    also: list[AttackConfig] = Field(
+        default_factory=list,
+        description="More attacks in the same run, each with its own nodes and schedule "
+        "(e.g. one stage tampering with activations while another node runs ALIE).",
+    )
 
     @model_validator(mode="after")
     def _known(self) -> AttackConfig:
-        from trustworthy_dl.attacks import DATA_ATTACKS, UPDATE_ATTACKS, attack_names
+        from trustworthy_dl.attacks import DATA_ATTACKS, PIPELINE_ATTACKS, UPDATE_ATTACKS, attack_names
         from trustworthy_dl.attacks.base import build_attack
 
         name = self.name.lower()
         if name == "none":
+            if self.also:
+                raise ValueError("attack.also needs a main attack: set attack.name")
             return self
         registry = (
-            UPDATE_ATTACKS if name in UPDATE_ATTACKS else DATA_ATTACKS if name in DATA_ATTACKS else None
+            UPDATE_ATTACKS
+            if name in UPDATE_ATTACKS
+            else DATA_ATTACKS
+            if name in DATA_ATTACKS
+            else PIPELINE_ATTACKS
+            if name in PIPELINE_ATTACKS
+            else None
         )
         if registry is None:
             raise ValueError(f"attack.name: unknown attack {self.name!r}; valid: {', '.join(attack_names())}")
@@ -161,6 +239,13 @@ class AttackConfig(_Section):
     @property
     def enabled(self) -> bool:
         return self.name != "none"
+
+    def all_attacks(self) -> list[AttackConfig]:
+        """This attack and those of ``also`` (flattened), the enabled ones."""
+        out = [self] if self.enabled else []
+        for extra in self.also:
+            out += extra.all_attacks()
+        return out
 
 
 class PreAggregatorConfig(BaseModel):
@@ -220,6 +305,13 @@ class SecurityConfig(_Section):
         ge=0,
         description="Rounds at the start in which every node is re-computed (statistics are weak at init).",
     )
+    pipeline_verify_rate: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Pipelines: fraction of each stage's micro-batches re-run by a verifier per step "
+        "(outputs and activation-gradients compared).",
+    )
 
 
 class TrustConfig(_Section):
@@ -229,6 +321,9 @@ class TrustConfig(_Section):
     reinstate_margin: float = Field(0.05, ge=0, le=1)
     weighted_aggregation: bool = Field(
         False, description="Weight each trusted node's update by its trust score (rules that take weights)."
+    )
+    snapshot_every: int = Field(
+        10, ge=1, description="Pipelines: keep a verified snapshot of every stage each k steps."
     )
 
 
@@ -270,6 +365,26 @@ class Config(_Section):
                 raise ValueError(f"attack.byzantine_ids {bad} out of range for distributed.num_nodes={n}")
             if len(set(a.byzantine_ids)) != len(a.byzantine_ids):
                 raise ValueError(f"attack.byzantine_ids {a.byzantine_ids} has duplicates")
+        try:
+            self.distributed.layout_numbers()
+        except ValueError as err:
+            raise ValueError(f"distributed: {err}") from None
+        from trustworthy_dl.attacks import PIPELINE_ATTACKS
+
+        for extra in a.all_attacks()[1:]:
+            if extra.byzantine_ids is None:
+                raise ValueError(f"attack.also {extra.name}: give its nodes as byzantine_ids")
+            bad = [i for i in extra.byzantine_ids if not 0 <= i < n]
+            if bad:
+                raise ValueError(
+                    f"attack.also {extra.name}: byzantine_ids {bad} out of range for num_nodes={n}"
+                )
+        for att in a.all_attacks():
+            if self.distributed.parallelism == "data" and att.name in PIPELINE_ATTACKS:
+                raise ValueError(
+                    f"attack {att.name!r} tampers with a pipeline stage: it needs "
+                    "distributed.parallelism=model or hybrid"
+                )
         if self.num_byzantine >= n:
             raise ValueError(f"attack.num_byzantine={self.num_byzantine} must be < distributed.num_nodes={n}")
         import torch
@@ -277,7 +392,10 @@ class Config(_Section):
         from trustworthy_dl.aggregation.configured import build_run_aggregator
 
         # unknown aggregator or parameter, or a tolerance condition that fails for N, fails at load time
-        build_run_aggregator(self)(torch.zeros(n, 2))
+        # (pipelines aggregate M rows per stage: f is lowered to what the rule tolerates for M)
+        aggregator = build_run_aggregator(self)
+        if self.distributed.parallelism == "data":
+            aggregator(torch.zeros(n, 2))
         if a.end_round is not None and a.end_round < a.start_round:
             raise ValueError(f"attack.end_round={a.end_round} is before attack.start_round={a.start_round}")
         return self
@@ -288,7 +406,8 @@ class Config(_Section):
         if not self.attack.enabled:
             return 0
         ids = self.attack.byzantine_ids
-        return len(ids) if ids is not None else self.attack.num_byzantine
+        count = len(ids) if ids is not None else self.attack.num_byzantine
+        return count + sum(len(x.byzantine_ids or []) for x in self.attack.all_attacks()[1:])
 
     def resolved_output_dir(self) -> Path:
         if self.output.dir:

@@ -7,16 +7,26 @@ attack; :class:`AdversarialAttacker` applies the configured one in the round loo
 from typing import Any, Literal
 
 # Importing the attack modules registers them.
-from trustworthy_dl.attacks import alie, backdoor, ipm, label_flip, mean_shift, minmax, simple  # noqa: F401
+from trustworthy_dl.attacks import (  # noqa: F401
+    alie,
+    backdoor,
+    ipm,
+    label_flip,
+    mean_shift,
+    minmax,
+    pipeline,
+    simple,
+)
 from trustworthy_dl.attacks.attacker import AdversarialAttacker
 from trustworthy_dl.attacks.backdoor import Backdoor, backdoor_success_rate, model_replacement
 from trustworthy_dl.attacks.base import DataAttack, UpdateAttack, attack_param_defaults, build_attack
 from trustworthy_dl.attacks.context import AttackContext
-from trustworthy_dl.attacks.registry import DATA_ATTACKS, UPDATE_ATTACKS, attack_names
+from trustworthy_dl.attacks.registry import DATA_ATTACKS, PIPELINE_ATTACKS, UPDATE_ATTACKS, attack_names
 from trustworthy_dl.errors import ConfigError
 
 __all__ = [
     "DATA_ATTACKS",
+    "PIPELINE_ATTACKS",
     "UPDATE_ATTACKS",
     "AdversarialAttacker",
     "AttackContext",
@@ -49,18 +59,26 @@ def get_data_attack(name: str, **params: Any) -> DataAttack:
     return attack
 
 
-def list_attacks(kind: Literal["all", "update", "data"] = "all") -> list[str]:
+def list_attacks(kind: Literal["all", "update", "data", "pipeline"] = "all") -> list[str]:
     """Registered attack names of one kind ('all' excludes 'none')."""
     if kind == "update":
         return UPDATE_ATTACKS.names()
     if kind == "data":
         return DATA_ATTACKS.names()
+    if kind == "pipeline":
+        return PIPELINE_ATTACKS.names()
     if kind == "all":
-        return sorted(UPDATE_ATTACKS.names() + DATA_ATTACKS.names())
-    raise ConfigError(f"unknown attack kind {kind!r}; valid: all, update, data")
+        return sorted(UPDATE_ATTACKS.names() + DATA_ATTACKS.names() + PIPELINE_ATTACKS.names())
+    raise ConfigError(f"unknown attack kind {kind!r}; valid: all, update, data, pipeline")
 
 
 def attack_params(name: str) -> dict[str, Any]:
     """``{param: default}`` of attack ``name`` (update or data), e.g. for ``tdl list attacks``."""
-    registry = DATA_ATTACKS if name in DATA_ATTACKS else UPDATE_ATTACKS
+    registry = (
+        DATA_ATTACKS
+        if name in DATA_ATTACKS
+        else PIPELINE_ATTACKS
+        if name in PIPELINE_ATTACKS
+        else UPDATE_ATTACKS
+    )
     return attack_param_defaults(registry, name)

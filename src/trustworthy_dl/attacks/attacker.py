@@ -29,7 +29,8 @@ from torch import Tensor
 from trustworthy_dl.attacks.backdoor import model_replacement
 from trustworthy_dl.attacks.base import DataAttack, UpdateAttack, build_attack
 from trustworthy_dl.attacks.context import AttackContext
-from trustworthy_dl.attacks.registry import DATA_ATTACKS, UPDATE_ATTACKS
+from trustworthy_dl.attacks.pipeline import StageAttack
+from trustworthy_dl.attacks.registry import DATA_ATTACKS, PIPELINE_ATTACKS, UPDATE_ATTACKS
 from trustworthy_dl.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -62,9 +63,15 @@ class AdversarialAttacker:
         self.num_nodes = num_nodes
         self.seed = seed
         self.name: str = cfg.name.lower()
-        self.attack: UpdateAttack | DataAttack | None = None
+        self.attack: UpdateAttack | DataAttack | StageAttack | None = None
         if self.name != "none":
-            registry = DATA_ATTACKS if self.name in DATA_ATTACKS else UPDATE_ATTACKS
+            registry = (
+                DATA_ATTACKS
+                if self.name in DATA_ATTACKS
+                else PIPELINE_ATTACKS
+                if self.name in PIPELINE_ATTACKS
+                else UPDATE_ATTACKS
+            )
             self.attack = build_attack(registry, self.name, dict(cfg.params))
         self.byzantine_ids: list[int] = self._choose_ids() if self.attack is not None else []
         self._byz = frozenset(self.byzantine_ids)
@@ -98,6 +105,11 @@ class AdversarialAttacker:
     def is_data_attack(self) -> bool:
         return isinstance(self.attack, DataAttack)
 
+    @property
+    def stage_attack(self) -> StageAttack | None:
+        """The pipeline-stage attack, if this is one (it acts on messages, not on update rows)."""
+        return self.attack if isinstance(self.attack, StageAttack) else None
+
     def is_byzantine(self, node: int) -> bool:
         return node in self._byz
 
@@ -124,7 +136,7 @@ class AdversarialAttacker:
         Returns ``updates_ND`` itself when nothing changes (no attack, inactive round, data attack
         without boost). ``aggregator`` is the one in use; optimal attacks need it.
         """
-        if not self.active(round):
+        if not self.active(round) or isinstance(self.attack, StageAttack):
             return updates_ND
         if updates_ND.dim() != 2 or updates_ND.shape[0] != self.num_nodes:
             raise ValueError(f"updates must be ({self.num_nodes}, D), got {tuple(updates_ND.shape)}")

@@ -22,7 +22,9 @@ class FlatModel:
         names: parameter names, in flat order.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, *, buffer_D: Tensor | None = None) -> None:
+        """``buffer_D``: re-home the parameters into this existing tensor (a pipeline stage's slice of
+        the whole model's flat vector) instead of a new one; it must have exactly their size."""
         self.model = model
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
@@ -32,13 +34,18 @@ class FlatModel:
         self.numels = [p.numel() for p in self.params]
         self.shapes = [p.shape for p in self.params]
         dtype, device = self.params[0].dtype, self.params[0].device
-        flat = torch.empty(sum(self.numels), dtype=dtype, device=device)
+        if buffer_D is None:
+            flat = torch.empty(sum(self.numels), dtype=dtype, device=device)
+        elif buffer_D.numel() != sum(self.numels):
+            raise ValueError(f"buffer has {buffer_D.numel()} elements, the parameters {sum(self.numels)}")
+        else:
+            flat = buffer_D
         offset = 0
         for p, n in zip(self.params, self.numels):
             flat[offset : offset + n].copy_(p.detach().reshape(-1))
             p.data = flat[offset : offset + n].view_as(p)
             offset += n
-        self.params_D = nn.Parameter(flat)
+        self.params_D = flat if isinstance(flat, nn.Parameter) or buffer_D is not None else nn.Parameter(flat)
 
     @property
     def num_params(self) -> int:

@@ -75,27 +75,31 @@ class _Embedding(nn.Module):
 
 
 class _GPT2Block(nn.Module):
-    """``h_BLD -> h_BLD``: one transformer block with the causal mask ``GPT2Model`` would build."""
+    """``h_BLD -> h_BLD``: one transformer block, called by keyword with a causal mask of our own.
+
+    Eager attention adds ``attention_mask`` to its scores, so it gets the additive causal mask
+    (0 on and below the diagonal, the dtype's minimum above); SDPA takes None and applies
+    ``is_causal`` itself. Nothing from ``transformers.masking_utils`` (whose signature changes
+    between releases) is used.
+    """
 
     def __init__(self, block: nn.Module, config: GPT2Config) -> None:
-        from transformers.masking_utils import create_causal_mask
-
         super().__init__()
         self.block = block
-        self.config = config
-        self._causal_mask = create_causal_mask
+        self._eager = getattr(config, "_attn_implementation", "eager") == "eager"
 
     def forward(self, h_BLD: torch.Tensor) -> torch.Tensor:
-        pos_1L = torch.arange(h_BLD.shape[1], device=h_BLD.device).unsqueeze(0)
-        # None for sdpa (it uses is_causal), an additive mask for eager attention.
-        mask = self._causal_mask(
-            config=self.config,
-            inputs_embeds=h_BLD,
-            attention_mask=None,
-            past_key_values=None,
-            position_ids=pos_1L,
-        )
-        return self.block(h_BLD, None, mask, position_ids=pos_1L)
+        mask = causal_mask(h_BLD.shape[1], h_BLD.dtype, h_BLD.device) if self._eager else None
+        out = self.block(h_BLD, attention_mask=mask)
+        return out[0] if isinstance(out, tuple) else out
+
+
+def causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive causal mask (1, 1, L, L): 0 where a position may attend, the dtype's minimum elsewhere."""
+    blocked_LL = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
+    return torch.zeros(length, length, dtype=dtype, device=device).masked_fill(
+        blocked_LL, torch.finfo(dtype).min
+    )[None, None]
 
 
 class _Head(nn.Module):

@@ -1,0 +1,192 @@
+"""One replica's pass through its pipeline: micro-batches flow through the stage holders.
+
+Each stage of each replica is held by a node. The executor runs the schedule's actions in tick
+order (:mod:`~trustworthy_dl.engine.pipeline_schedule`); a forward receives the previous stage's
+activations, a backward the next stage's activation-gradients, and each stage accumulates the
+gradient of its own parameters into its row of the stage's update group. What crossed each
+boundary is kept as a :class:`Hop` for the verifier, which re-runs a stage on exactly what it
+received and compares with what it sent.
+
+A holder computes with the coordinator's parameters unless it tampers with them, and may tamper
+with what it sends (:mod:`~trustworthy_dl.attacks.pipeline`). Every message is checked on receipt
+(:func:`check_message`): a wrong shape or dtype, NaN / Inf, or nothing at all is rejected as
+evidence against the sender, and the verifier's re-computation of the sender's stage is used in
+its place, so a bad message never crashes the run.
+
+Stage computations use ``torch.func.functional_call`` over a leaf (D_s,) vector, so the stage's
+parameter gradient arrives already flat (no concatenation) and a holder's tampered copy is just
+another vector.
+
+Legend: S stages, m micro-batches, D_s stage s's flat parameters, B micro-batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from trustworthy_dl.engine.pipeline_schedule import ticks
+from trustworthy_dl.engine.staged import StagedModel
+from trustworthy_dl.engine.task import Task
+
+__all__ = ["HolderPlan", "Hop", "ReplicaPass", "StageRunner", "check_message"]
+
+Tamper = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class Hop:
+    """What one stage of one replica received and sent for one micro-batch.
+
+    ``x_in``: the input it received (stage 0: the data). ``y_out``: its output as sent (last
+    stage: its logits, kept for verification). ``g_in``: the activation-gradient it received (last
+    stage: None, it starts from the loss). ``g_out``: the activation-gradient it sent upstream
+    (stage 0: None). ``target``: the labels (last stage). ``weight``: the micro-batch's share of
+    the replica's batch (the loss is sum_k weight_k * loss_k).
+    """
+
+    x_in: Tensor
+    weight: float
+    target: Tensor | None = None
+    y_out: Tensor | None = None
+    g_in: Tensor | None = None
+    g_out: Tensor | None = None
+
+
+@dataclass
+class HolderPlan:
+    """How the holder of one stage behaves this round (all None: honestly)."""
+
+    params_D: Tensor | None = None  # a tampered copy of its parameters
+    activation: Tamper | None = None
+    gradient: Tamper | None = None
+
+
+@dataclass
+class ReplicaPass:
+    """The result of one replica's step: its loss, per-stage hops and rejected messages."""
+
+    loss: float
+    hops: list[list[Hop]]  # [stage][micro-batch]
+    rejected: list[tuple[int, int, str]] = field(default_factory=list)  # (sender stage, micro, why)
+
+
+def check_message(msg: Tensor | None, like: Tensor) -> str | None:
+    """Why ``msg`` cannot stand for a tensor shaped like ``like`` (None if it can)."""
+    if msg is None:
+        return "nothing was sent"
+    if not isinstance(msg, Tensor):
+        return f"a {type(msg).__name__}, not a tensor"
+    if msg.dtype != like.dtype:
+        return f"dtype {msg.dtype}, expected {like.dtype}"
+    if msg.shape != like.shape:
+        return f"shape {tuple(msg.shape)}, expected {tuple(like.shape)}"
+    if msg.is_floating_point() and not bool(torch.isfinite(msg).all()):
+        return "non-finite values"
+    return None
+
+
+class StageRunner:
+    """Forward and backward of single stages, with the coordinator's or a holder's parameters."""
+
+    def __init__(self, staged: StagedModel, task: Task) -> None:
+        self.staged, self.task = staged, task
+        self.num_stages = staged.num_stages
+
+    def leaf_params(self, s: int, params_D: Tensor | None = None) -> Tensor:
+        src = self.staged.params_D.detach()[self.staged.cols[s]] if params_D is None else params_D
+        return src.detach().requires_grad_(True)
+
+    def forward(self, s: int, p_D: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(input leaf, output) of stage ``s`` on ``x`` with leaf parameters ``p_D``."""
+        x_leaf = x.detach().requires_grad_(s > 0 and x.is_floating_point())
+        flat = self.staged.flats[s]
+        params = flat.unflatten(p_D)
+        return x_leaf, functional_call(flat.model, params, (x_leaf,))
+
+    def backward(
+        self, s: int, p_D: Tensor, x_leaf: Tensor, y: Tensor, hop: Hop
+    ) -> tuple[Tensor, Tensor | None]:
+        """(parameter gradient (D_s,), input gradient or None for stage 0) of one micro-batch."""
+        inputs = [p_D, x_leaf] if s > 0 else [p_D]
+        if s == self.num_stages - 1:
+            assert hop.target is not None
+            loss = self.task.loss(y, hop.target) * hop.weight
+            grads = torch.autograd.grad(loss, inputs)
+        else:
+            assert hop.g_in is not None
+            grads = torch.autograd.grad(y, inputs, grad_outputs=hop.g_in)
+        return grads[0], (grads[1] if s > 0 else None)
+
+    def recompute(self, s: int, hop: Hop) -> tuple[Tensor, Tensor | None, Tensor]:
+        """A verifier's honest re-run of stage ``s`` on what ``hop`` received: (output, input
+        gradient, parameter gradient)."""
+        p_D = self.leaf_params(s)
+        x_leaf, y = self.forward(s, p_D, hop.x_in)
+        grad_D, g_x = self.backward(s, p_D, x_leaf, y, hop)
+        return y.detach(), g_x, grad_D
+
+    def recompute_output(self, s: int, hop: Hop) -> Tensor:
+        with torch.no_grad():
+            p_D = self.staged.params_D.detach()[self.staged.cols[s]]
+            flat = self.staged.flats[s]
+            return functional_call(flat.model, flat.unflatten(p_D), (hop.x_in,))
+
+    def run_replica(
+        self,
+        micro: list[tuple[Tensor, Tensor]],
+        plans: list[HolderPlan],
+        rows: list[Tensor],
+        *,
+        schedule: str,
+    ) -> ReplicaPass:
+        """Run one replica's micro-batches; stage s's parameter gradient is written into ``rows[s]``."""
+        S, m = self.num_stages, len(micro)
+        total = sum(len(x) for x, _ in micro)
+        hops = [[Hop(x_in=micro[k][0], weight=len(micro[k][0]) / total) for k in range(m)] for _ in range(S)]
+        for k in range(m):
+            hops[S - 1][k].target = micro[k][1]
+        p = [self.leaf_params(s, plans[s].params_D) for s in range(S)]
+        live: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+        loss = 0.0
+        rejected: list[tuple[int, int, str]] = []
+        for row in rows:
+            row.zero_()
+        tick_list, _ = ticks(schedule, S, m)
+        for tick in tick_list:
+            for s, (kind, k) in tick:
+                hop = hops[s][k]
+                if kind == "F":
+                    x_leaf, y = self.forward(s, p[s], hop.x_in)
+                    live[(s, k)] = (x_leaf, y)
+                    sent = y.detach()
+                    if plans[s].activation is not None and s < S - 1:
+                        sent = plans[s].activation(sent)
+                    hop.y_out = sent
+                    if s < S - 1:
+                        nxt = hops[s + 1][k]
+                        why = check_message(sent, y)
+                        if why is not None:
+                            rejected.append((s, k, why))
+                            sent = self.recompute_output(s, hop)
+                        nxt.x_in = sent
+                    else:
+                        loss += float(self.task.loss(y.detach(), hop.target)) * hop.weight  # type: ignore[arg-type]
+                else:
+                    x_leaf, y = live.pop((s, k))
+                    grad_D, g_x = self.backward(s, p[s], x_leaf, y, hop)
+                    rows[s].add_(grad_D)
+                    if s > 0:
+                        assert g_x is not None
+                        sent_g = plans[s].gradient(g_x) if plans[s].gradient is not None else g_x
+                        hop.g_out = sent_g
+                        why = check_message(sent_g, g_x)
+                        if why is not None:
+                            rejected.append((s, k, why))
+                            sent_g = self.recompute(s, hop)[1]
+                        hops[s - 1][k].g_in = sent_g
+        return ReplicaPass(loss=loss, hops=hops, rejected=rejected)

@@ -7,6 +7,8 @@ coordinator's optimizer, the aggregators and the per-node gradient rows all spea
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -45,7 +47,8 @@ class FlatModel:
             flat[offset : offset + n].copy_(p.detach().reshape(-1))
             p.data = flat[offset : offset + n].view_as(p)
             offset += n
-        self.params_D = flat if isinstance(flat, nn.Parameter) or buffer_D is not None else nn.Parameter(flat)
+        # a stage's buffer is a plain view of the whole model's Parameter (which the optimizer holds)
+        self.params_D: nn.Parameter = cast(nn.Parameter, flat) if buffer_D is not None else nn.Parameter(flat)
 
     @property
     def num_params(self) -> int:

@@ -85,7 +85,8 @@ class RoundLoop:
         self.log = MetricsLog(self.out_dir / "metrics.jsonl" if self.out_dir else None)
         d = exp.flat.num_params
         p = exp.flat.params_D
-        self.local_RD = torch.empty(len(exp.comm.local_nodes), d, dtype=p.dtype, device=p.device)
+        rows = len(exp.comm.local_nodes) if self._alloc_rows() else 0
+        self.local_RD = torch.empty(rows, d, dtype=p.dtype, device=p.device)
         self.agg_D = torch.empty(d, dtype=p.dtype, device=p.device)
         n = exp.cfg.distributed.num_nodes
         self.tracker = DetectionTracker(n, exp.adversary.byzantine_ids, attack_active=exp.adversary.active)
@@ -94,6 +95,10 @@ class RoundLoop:
         self.prev_D = torch.empty_like(self.agg_D) if exp.security is not None and self.coordinator else None
         self.totals = _Timer()
         self.samples = 0
+
+    def _alloc_rows(self) -> bool:
+        """Whether this loop gathers one (D,) row per local node (data parallelism does)."""
+        return True
 
     # ------------------------------------------------------------------ one round, by phase
 
@@ -106,6 +111,7 @@ class RoundLoop:
                 x, y = exp.adversary.corrupt_batch(node, x, y, round=r, num_classes=exp.data.num_classes)
                 batches.append((x, y))
         with timer("compute"):
+            assert exp.computer is not None
             return exp.computer.compute(batches, self.local_RD)
 
     def _recompute(self, r: int, assignment: list[list[int]]):  # type: ignore[no-untyped-def]
@@ -113,6 +119,7 @@ class RoundLoop:
 
         def recompute(node: int) -> Tensor:
             x, y = self.exp.batch(node, r, assignment[node])
+            assert self.exp.computer is not None
             return self.exp.computer.gradient(x, y)[0]
 
         return recompute

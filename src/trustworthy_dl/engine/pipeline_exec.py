@@ -164,8 +164,9 @@ class StageRunner:
                     x_leaf, y = self.forward(s, p[s], hop.x_in)
                     live[(s, k)] = (x_leaf, y)
                     sent = y.detach()
-                    if plans[s].activation is not None and s < S - 1:
-                        sent = plans[s].activation(sent)
+                    tamper = plans[s].activation
+                    if tamper is not None and s < S - 1:
+                        sent = tamper(sent)
                     hop.y_out = sent
                     if s < S - 1:
                         nxt = hops[s + 1][k]
@@ -182,11 +183,14 @@ class StageRunner:
                     rows[s].add_(grad_D)
                     if s > 0:
                         assert g_x is not None
-                        sent_g = plans[s].gradient(g_x) if plans[s].gradient is not None else g_x
+                        tamper_g = plans[s].gradient
+                        sent_g = tamper_g(g_x) if tamper_g is not None else g_x
                         hop.g_out = sent_g
                         why = check_message(sent_g, g_x)
                         if why is not None:
                             rejected.append((s, k, why))
-                            sent_g = self.recompute(s, hop)[1]
+                            honest_g = self.recompute(s, hop)[1]
+                            assert honest_g is not None
+                            sent_g = honest_g
                         hops[s - 1][k].g_in = sent_g
         return ReplicaPass(loss=loss, hops=hops, rejected=rejected)

@@ -48,7 +48,12 @@ def run_experiment(
             resolved["output"]["dir"] = str(target)
             prepare_run_dir(target, overwrite=cfg.output.overwrite, config=resolved)
         exp = build_experiment(cfg, comm)
-        loop = RoundLoop(exp, target)
+        if exp.pipeline is not None:
+            from trustworthy_dl.engine.pipeline_loop import PipelineLoop
+
+            loop: RoundLoop = PipelineLoop(exp, target)
+        else:
+            loop = RoundLoop(exp, target)
         if state is not None:
             loop.resume(state, records or [])
         result = loop.run()

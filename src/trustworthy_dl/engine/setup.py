@@ -8,7 +8,7 @@ scheduler, log) is an object here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -29,6 +29,9 @@ from trustworthy_dl.models import get_model, model_kind
 from trustworthy_dl.security.layer import SecurityLayer, build_security
 from trustworthy_dl.trust import ShardScheduler, TrustManager
 
+if TYPE_CHECKING:
+    from trustworthy_dl.engine.pipeline_setup import PipelineParts
+
 __all__ = ["Experiment", "build_experiment", "resolve_device"]
 
 
@@ -42,7 +45,7 @@ class Experiment:
     data: DatasetBundle
     task: Task
     flat: FlatModel
-    computer: NodeComputer
+    computer: NodeComputer | None
     sampler: ShardSampler
     scheduler: ShardScheduler
     adversary: AdversarialAttacker
@@ -52,6 +55,7 @@ class Experiment:
     optimizer: CoordinatorOptimizer
     rounds_per_epoch: int
     total_rounds: int
+    pipeline: PipelineParts | None = None
 
     def batch(self, node: int, round_idx: int, shards: list[int]) -> tuple[Tensor, Tensor]:
         """The clean batch node ``node`` trains on this round: ``batch_size`` samples per held shard.
@@ -62,6 +66,9 @@ class Experiment:
         look like collusion to stage 1).
         """
         key = round_idx
+        if self.pipeline is not None:  # shard = replica: its whole batch, cut into micro-batches later
+            idx = self.sampler.batch(shards[0], key).to(self.data.x_train.device)
+            return self.data.x_train[idx], self.data.y_train[idx]
         if not shards:  # probation: the home shard's *next* batch, so it never duplicates the holder's row
             shards, key = self.scheduler.home_shards(node), round_idx + 1
         idx = torch.cat([self.sampler.batch(s, key) for s in shards]).to(self.data.x_train.device)
@@ -88,10 +95,9 @@ def resolve_device(name: str, comm_rank: int = 0) -> torch.device:
 
 def _check_supported(cfg: Config) -> None:
     if cfg.distributed.parallelism != "data":
-        raise ConfigError(
-            f"distributed.parallelism={cfg.distributed.parallelism!r}: pipeline and hybrid training are not "
-            "implemented yet; this release trains data parallel only (parallelism: data)"
-        )
+        from trustworthy_dl.engine.pipeline_setup import check_pipeline_supported
+
+        check_pipeline_supported(cfg)
     if cfg.privacy.enabled:
         raise ConfigError("privacy.enabled=true: the privacy layer is not implemented yet")
     if cfg.output.tensorboard:
@@ -103,24 +109,8 @@ def _check_supported(cfg: Config) -> None:
             ) from None
 
 
-def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
-    """Load data, build the model and every seam of the round loop for ``cfg``."""
-    _check_supported(cfg)
-    dcfg, tcfg = cfg.distributed, cfg.training
-    n = dcfg.num_nodes
-    if comm is None:
-        comm = make_comm(n, backend=dcfg.backend, dist_backend=dcfg.dist_backend)
-    device = resolve_device(dcfg.device, comm.rank)
-
-    data = load_dataset(cfg.data)
-    if len(data.x_train) < n:
-        raise ConfigError(
-            f"distributed.num_nodes={n} exceeds the {len(data.x_train)} training samples of {data.name}"
-        )
-    shards = partition_bundle(data, n, cfg.data, seed=cfg.seed)  # on the CPU, before the move to the device
-    data.x_train, data.y_train = data.x_train.to(device), data.y_train.to(device)
-    data.x_test, data.y_test = data.x_test.to(device), data.y_test.to(device)
-
+def build_model(cfg: Config, data: DatasetBundle, device: torch.device) -> torch.nn.Module:
+    """The configured model for ``data``, initialised from the run seed, in training mode."""
     torch.manual_seed(cfg.seed)  # model initialisation: identical on every backend and rank
     if model_kind(cfg.model.name) != data.kind:
         raise ConfigError(
@@ -138,6 +128,32 @@ def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
         block_size=cfg.data.block_size,
     ).to(device)
     model.train()
+    return model
+
+
+def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
+    """Load data, build the model and every seam of the round loop for ``cfg``."""
+    _check_supported(cfg)
+    dcfg, tcfg = cfg.distributed, cfg.training
+    n = dcfg.num_nodes
+    if comm is None:
+        comm = make_comm(n, backend=dcfg.backend, dist_backend=dcfg.dist_backend)
+    device = resolve_device(dcfg.device, comm.rank)
+
+    data = load_dataset(cfg.data)
+    if dcfg.parallelism != "data":
+        from trustworthy_dl.engine.pipeline_setup import build_pipeline_experiment
+
+        return build_pipeline_experiment(cfg, comm, device, data)
+    if len(data.x_train) < n:
+        raise ConfigError(
+            f"distributed.num_nodes={n} exceeds the {len(data.x_train)} training samples of {data.name}"
+        )
+    shards = partition_bundle(data, n, cfg.data, seed=cfg.seed)  # on the CPU, before the move to the device
+    data.x_train, data.y_train = data.x_train.to(device), data.y_train.to(device)
+    data.x_test, data.y_test = data.x_test.to(device), data.y_test.to(device)
+
+    model = build_model(cfg, data, device)
     flat = FlatModel(model)
     task = Task(data.kind)
     computer = NodeComputer(flat, task, mode=dcfg.per_node_grads)

@@ -131,8 +131,13 @@ class TrustManager:
         """int64 (N,): rounds each node has ended in quarantine so far."""
         return self._quarantine_rounds_N.clone()
 
-    def update(self, evidence_N: Tensor) -> TrustEvents:
-        """Apply one round of evidence (float in [0, 1], (N,)); returns who changed status."""
+    def update(self, evidence_N: Tensor, observed_N: Tensor | None = None) -> TrustEvents:
+        """Apply one round of evidence (float in [0, 1], (N,)); returns who changed status.
+
+        ``observed_N`` (bool, optional): nodes whose work was seen this round. An unobserved node
+        (a pipeline spare, or a quarantined node left with no stage) keeps its score: trust is
+        neither lost nor regained without evidence.
+        """
         e = torch.as_tensor(evidence_N).detach().to(device="cpu", dtype=torch.float64).reshape(-1)
         if e.numel() != self.num_nodes:
             raise ValueError(f"evidence has {e.numel()} entries, expected {self.num_nodes}")
@@ -141,6 +146,8 @@ class TrustManager:
         s = self._scores_N
         s = torch.where(e > 0, s - self.decay_rate * e, s + self.recovery_rate * (1 - s))
         s = torch.round(s.clamp(0.0, 1.0), decimals=_DECIMALS)
+        if observed_N is not None:
+            s = torch.where(observed_N.reshape(-1).bool().cpu(), s, self._scores_N)
         newly_q = ~self._quarantined_N & (s < self.threshold)
         back = self._quarantined_N & (s >= round(self.threshold + self.reinstate_margin, _DECIMALS))
         self._quarantined_N = (self._quarantined_N | newly_q) & ~back

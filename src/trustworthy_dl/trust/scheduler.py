@@ -1,4 +1,9 @@
-"""Shard scheduler: which node trains on which data shard, and moving shards off distrusted nodes.
+"""Work-unit scheduler: which node holds which unit of work, and moving units off distrusted nodes.
+
+A unit is a data shard (data parallelism) or one pipeline stage of one replica (model / hybrid
+parallelism: unit ``m * S + s``); nodes beyond the units' homes are spares that hold nothing
+until a unit needs a new home (least loaded first, so spares are taken before a trusted node
+is given a second unit).
 
 Each shard has a home node (shard s lives on node s % N; with as many shards as nodes, node i
 holds shard i). When a node becomes inactive (quarantined, crashed) its shards move to active
@@ -57,15 +62,18 @@ class ShardScheduler:
         num_nodes: N.
         num_shards: shards in the epoch (default N); shard s's home is node s % N, so with
             fewer shards than nodes the extra nodes are spares.
+        return_home: bring a unit back to its home node once that node is active again (data
+            shards); pipeline stages stay where they moved (a move costs a parameter transfer).
     """
 
-    def __init__(self, num_nodes: int, num_shards: int | None = None) -> None:
+    def __init__(self, num_nodes: int, num_shards: int | None = None, *, return_home: bool = True) -> None:
         if num_nodes < 1:
             raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
         num_shards = num_nodes if num_shards is None else num_shards
         if num_shards < 1:
             raise ValueError(f"num_shards must be >= 1, got {num_shards}")
         self.num_nodes, self.num_shards = num_nodes, num_shards
+        self.return_home = return_home
         self.home = [s % num_nodes for s in range(num_shards)]
         self.holder = list(self.home)
 
@@ -106,7 +114,7 @@ class ShardScheduler:
         events = []
         for shard in range(self.num_shards):
             home, cur = self.home[shard], self.holder[shard]
-            if active[home] and cur != home:
+            if self.return_home and active[home] and cur != home:
                 events.append(self._move(shard, home, "return", round_idx, move))
         load = [0] * self.num_nodes
         for node in self.holder:

@@ -135,9 +135,9 @@ def test_gpt2_tiny_run_reports_perplexity() -> None:
     assert ppl is not None and 1 < ppl < 1000
 
 
-def test_unsupported_parallelism_is_a_clear_error() -> None:
-    with pytest.raises(ConfigError, match="parallelism"):
-        run_experiment(_cfg(distributed={"parallelism": "model"}), write=False)
+def test_pipeline_under_torchrun_backend_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="pipelines run simulated"):
+        run_experiment(_cfg(distributed={"parallelism": "model", "backend": "torch"}), write=False)
 
 
 def _cli_run(prefix: list[str], out: Path, overrides: list[str]) -> None:

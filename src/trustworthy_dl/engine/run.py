@@ -9,7 +9,7 @@ from trustworthy_dl.config import Config
 from trustworthy_dl.engine.checkpoint import CHECKPOINT, check_config, load_checkpoint
 from trustworthy_dl.engine.comm import make_comm
 from trustworthy_dl.engine.loop import RoundLoop, RunResult
-from trustworthy_dl.engine.setup import build_experiment
+from trustworthy_dl.engine.setup import build_experiment, check_supported
 from trustworthy_dl.errors import ConfigError
 from trustworthy_dl.report.rundir import prepare_run_dir
 
@@ -25,6 +25,7 @@ def run_experiment(
     are simulated in this process. ``resume=True`` continues the unfinished run in ``out_dir``
     from its ``checkpoint.pt`` (see ``engine/checkpoint.py``).
     """
+    check_supported(cfg)  # before any process group or file exists
     comm = make_comm(
         cfg.distributed.num_nodes, backend=cfg.distributed.backend, dist_backend=cfg.distributed.dist_backend
     )

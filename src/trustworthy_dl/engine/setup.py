@@ -32,7 +32,7 @@ from trustworthy_dl.trust import ShardScheduler, TrustManager
 if TYPE_CHECKING:
     from trustworthy_dl.engine.pipeline_setup import PipelineParts
 
-__all__ = ["Experiment", "build_experiment", "resolve_device"]
+__all__ = ["Experiment", "build_experiment", "check_supported", "resolve_device"]
 
 
 @dataclass
@@ -93,7 +93,8 @@ def resolve_device(name: str, comm_rank: int = 0) -> torch.device:
     return torch.device("cuda", comm_rank % torch.cuda.device_count())
 
 
-def _check_supported(cfg: Config) -> None:
+def check_supported(cfg: Config) -> None:
+    """What this release cannot run: a ConfigError before anything is built."""
     if cfg.distributed.parallelism != "data":
         from trustworthy_dl.engine.pipeline_setup import check_pipeline_supported
 
@@ -133,7 +134,7 @@ def build_model(cfg: Config, data: DatasetBundle, device: torch.device) -> torch
 
 def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
     """Load data, build the model and every seam of the round loop for ``cfg``."""
-    _check_supported(cfg)
+    check_supported(cfg)
     dcfg, tcfg = cfg.distributed, cfg.training
     n = dcfg.num_nodes
     if comm is None:

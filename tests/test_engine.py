@@ -136,8 +136,11 @@ def test_gpt2_tiny_run_reports_perplexity() -> None:
 
 
 def test_pipeline_under_torchrun_backend_is_a_clear_error() -> None:
-    with pytest.raises(ConfigError, match="pipelines run simulated"):
-        run_experiment(_cfg(distributed={"parallelism": "model", "backend": "torch"}), write=False)
+    cfg = _cfg(
+        distributed={"parallelism": "model", "backend": "torch"}, security={"gradient_verification": True}
+    )
+    with pytest.raises(ConfigError, match="runs undefended for now"):
+        run_experiment(cfg, write=False)
 
 
 def _cli_run(prefix: list[str], out: Path, overrides: list[str]) -> None:

@@ -131,6 +131,9 @@ class DistributedConfig(_Section):
     micro_batches: int = Field(
         4, ge=1, description="Micro-batches per replica per step in pipeline schedules."
     )
+    stage_balance: Literal["params", "time"] = Field(
+        "params", description="Cut stages balanced by parameter count, or by each block's measured time."
+    )
     schedule: Literal["gpipe", "1f1b"] = Field(
         "1f1b", description="Pipeline schedule: gpipe (all forwards, then all backwards) or 1f1b."
     )

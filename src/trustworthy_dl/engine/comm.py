@@ -4,7 +4,11 @@ The round loop never branches on the backend; it calls this small interface:
 
 * ``local_nodes``: the node ids this process computes for (all of them when simulated);
 * ``gather_rows``: stack every node's row on the coordinator (rank 0), ``None`` elsewhere;
-* ``broadcast``: send a tensor from the coordinator to every process, in place.
+* ``broadcast``: send a tensor from the coordinator to every process, in place;
+* ``reduce_sum``: sum a tensor over the processes onto the coordinator (pipelines: each rank
+  fills the rows of the stages it holds, zeros elsewhere, so the sum is a gather);
+* ``isend`` / ``recv``: point-to-point messages between the ranks holding neighbouring pipeline
+  stages (activations forward, activation-gradients backward), tagged per micro-batch.
 
 :class:`SimComm` is one process hosting all N nodes (the gather is free). :class:`TorchComm`
 runs one process per rank under ``torchrun`` over ``torch.distributed`` (gloo on CPU, NCCL on
@@ -54,6 +58,22 @@ class Comm(ABC):
     @property
     def local_nodes(self) -> range:
         return self.nodes_of(self.rank)
+
+    def rank_of(self, node: int) -> int:
+        """The process hosting ``node``."""
+        return node // self.rows_per_rank
+
+    def reduce_sum(self, tensor: Tensor) -> Tensor:
+        """Sum ``tensor`` over the processes into the coordinator's copy (in place); returns it."""
+        return tensor
+
+    def isend(self, tensor: Tensor, dst: int, tag: int) -> object:
+        """Start sending ``tensor`` to rank ``dst``; returns a handle with ``wait()``."""
+        raise RuntimeError(f"{type(self).__name__} hosts every node: there is no rank {dst} to send to")
+
+    def recv(self, tensor: Tensor, src: int, tag: int) -> Tensor:
+        """Receive into ``tensor`` (its shape and dtype are the protocol's) from rank ``src``."""
+        raise RuntimeError(f"{type(self).__name__} hosts every node: there is no rank {src} to receive from")
 
     @abstractmethod
     def gather_rows(self, local_RD: Tensor) -> Tensor | None:
@@ -127,6 +147,17 @@ class TorchComm(Comm):
 
     def broadcast(self, tensor: Tensor) -> Tensor:
         dist.broadcast(tensor, src=0)
+        return tensor
+
+    def reduce_sum(self, tensor: Tensor) -> Tensor:
+        dist.reduce(tensor, dst=0, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def isend(self, tensor: Tensor, dst: int, tag: int) -> object:
+        return dist.isend(tensor.contiguous(), dst=dst, tag=tag)
+
+    def recv(self, tensor: Tensor, src: int, tag: int) -> Tensor:
+        dist.recv(tensor, src=src, tag=tag)
         return tensor
 
     def barrier(self) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,6 +33,7 @@ from torch.func import functional_call
 from trustworthy_dl.engine.pipeline_schedule import ticks
 from trustworthy_dl.engine.staged import StagedModel
 from trustworthy_dl.engine.task import Task
+from trustworthy_dl.errors import NodeMessageError
 
 __all__ = ["HolderPlan", "Hop", "ReplicaPass", "StageRunner", "check_message"]
 
@@ -90,12 +92,58 @@ def check_message(msg: Tensor | None, like: Tensor) -> str | None:
     return None
 
 
+class StageTransport:
+    """Messages between the processes holding one replica's stages (torch.distributed).
+
+    ``ranks[s]`` is the rank of stage s's holder. A message between two stages on the same rank
+    is handed over directly; across ranks it is an ``isend`` / ``recv`` tagged by (direction,
+    stage, micro-batch), so a receiver never takes one message for another. Only tensors travel;
+    their shape and dtype are fixed by the protocol (the receiver allocates them), and a received
+    tensor with NaN / Inf is rejected like any bad message.
+    """
+
+    def __init__(self, comm: Any, ranks: list[int]) -> None:
+        self.comm, self.ranks = comm, ranks
+        self._pending: list[Any] = []
+
+    def is_local(self, stage: int) -> bool:
+        return self.ranks[stage] == self.comm.rank
+
+    @staticmethod
+    def tag(kind: str, stage: int, micro: int) -> int:
+        return (0 if kind == "F" else 1) * 10_000_000 + stage * 10_000 + micro
+
+    def send(self, t: Tensor, to_stage: int, tag: int) -> None:
+        self._pending.append(self.comm.isend(t.detach().contiguous(), self.ranks[to_stage], tag))
+
+    def recv(self, shape: tuple[int, ...], dtype: torch.dtype, from_stage: int, tag: int) -> Tensor:
+        return self.comm.recv(torch.empty(shape, dtype=dtype), self.ranks[from_stage], tag)
+
+    def finish(self) -> None:
+        for handle in self._pending:
+            handle.wait()
+        self._pending.clear()
+
+
 class StageRunner:
     """Forward and backward of single stages, with the coordinator's or a holder's parameters."""
 
     def __init__(self, staged: StagedModel, task: Task) -> None:
         self.staged, self.task = staged, task
         self.num_stages = staged.num_stages
+        self._out: list[tuple[tuple[int, ...], torch.dtype]] | None = None
+
+    def output_specs(self, x_sample: Tensor) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        """Each stage's output (shape after the batch dimension, dtype), from a one-sample dry run."""
+        if self._out is None:
+            specs = []
+            with torch.no_grad():
+                h = x_sample[:1]
+                for s in range(self.num_stages):
+                    h = self.recompute_output(s, Hop(x_in=h, weight=1.0))
+                    specs.append((tuple(h.shape[1:]), h.dtype))
+            self._out = specs
+        return self._out
 
     def leaf_params(self, s: int, params_D: Tensor | None = None) -> Tensor:
         src = self.staged.params_D.detach()[self.staged.cols[s]] if params_D is None else params_D
@@ -143,14 +191,21 @@ class StageRunner:
         rows: list[Tensor],
         *,
         schedule: str,
+        transport: StageTransport | None = None,
     ) -> ReplicaPass:
-        """Run one replica's micro-batches; stage s's parameter gradient is written into ``rows[s]``."""
+        """Run one replica's micro-batches; stage s's parameter gradient is written into ``rows[s]``.
+
+        With a ``transport`` (one process per rank) this process runs only the stages it holds:
+        their rows are filled, the others' are zero, and the loss counts only a local last stage.
+        """
         S, m = self.num_stages, len(micro)
+        local = [transport is None or transport.is_local(s) for s in range(S)]
+        specs = self.output_specs(micro[0][0]) if transport is not None else None
         total = sum(len(x) for x, _ in micro)
         hops = [[Hop(x_in=micro[k][0], weight=len(micro[k][0]) / total) for k in range(m)] for _ in range(S)]
         for k in range(m):
             hops[S - 1][k].target = micro[k][1]
-        p = [self.leaf_params(s, plans[s].params_D) for s in range(S)]
+        p = [self.leaf_params(s, plans[s].params_D) if local[s] else None for s in range(S)]
         live: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
         loss = 0.0
         rejected: list[tuple[int, int, str]] = []
@@ -159,9 +214,24 @@ class StageRunner:
         tick_list, _ = ticks(schedule, S, m)
         for tick in tick_list:
             for s, (kind, k) in tick:
+                if not local[s]:
+                    continue
                 hop = hops[s][k]
+                p_s = p[s]
+                assert p_s is not None
                 if kind == "F":
-                    x_leaf, y = self.forward(s, p[s], hop.x_in)
+                    if s > 0 and not local[s - 1]:
+                        assert transport is not None and specs is not None
+                        trail, dtype = specs[s - 1]
+                        got = transport.recv(
+                            (len(micro[k][0]), *trail), dtype, s - 1, transport.tag("F", s, k)
+                        )
+                        if not bool(torch.isfinite(got).all()):
+                            raise NodeMessageError(
+                                f"stage {s} received non-finite activations from stage {s - 1}"
+                            )
+                        hop.x_in = got
+                    x_leaf, y = self.forward(s, p_s, hop.x_in)
                     live[(s, k)] = (x_leaf, y)
                     sent = y.detach()
                     tamper = plans[s].activation
@@ -169,17 +239,28 @@ class StageRunner:
                         sent = tamper(sent)
                     hop.y_out = sent
                     if s < S - 1:
-                        nxt = hops[s + 1][k]
                         why = check_message(sent, y)
                         if why is not None:
                             rejected.append((s, k, why))
                             sent = self.recompute_output(s, hop)
-                        nxt.x_in = sent
+                        if local[s + 1]:
+                            hops[s + 1][k].x_in = sent
+                        else:
+                            assert transport is not None
+                            transport.send(sent, s + 1, transport.tag("F", s + 1, k))
                     else:
                         loss += float(self.task.loss(y.detach(), hop.target)) * hop.weight  # type: ignore[arg-type]
                 else:
                     x_leaf, y = live.pop((s, k))
-                    grad_D, g_x = self.backward(s, p[s], x_leaf, y, hop)
+                    if s < S - 1 and not local[s + 1]:
+                        assert transport is not None
+                        got = transport.recv(tuple(y.shape), y.dtype, s + 1, transport.tag("B", s, k))
+                        if not bool(torch.isfinite(got).all()):
+                            raise NodeMessageError(
+                                f"stage {s} received non-finite gradients from stage {s + 1}"
+                            )
+                        hop.g_in = got
+                    grad_D, g_x = self.backward(s, p_s, x_leaf, y, hop)
                     rows[s].add_(grad_D)
                     if s > 0:
                         assert g_x is not None
@@ -192,5 +273,11 @@ class StageRunner:
                             honest_g = self.recompute(s, hop)[1]
                             assert honest_g is not None
                             sent_g = honest_g
-                        hops[s - 1][k].g_in = sent_g
+                        if local[s - 1]:
+                            hops[s - 1][k].g_in = sent_g
+                        else:
+                            assert transport is not None
+                            transport.send(sent_g, s - 1, transport.tag("B", s - 1, k))
+        if transport is not None:
+            transport.finish()
         return ReplicaPass(loss=loss, hops=hops, rejected=rejected)

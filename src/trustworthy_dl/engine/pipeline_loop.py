@@ -29,7 +29,7 @@ from torch import Tensor
 from trustworthy_dl.attacks import AdversarialAttacker
 from trustworthy_dl.attacks.pipeline import tamper_tensor
 from trustworthy_dl.engine.loop import RoundLoop, _Timer
-from trustworthy_dl.engine.pipeline_exec import HolderPlan, ReplicaPass
+from trustworthy_dl.engine.pipeline_exec import HolderPlan, ReplicaPass, StageTransport
 from trustworthy_dl.engine.pipeline_setup import PipelineParts
 from trustworthy_dl.engine.setup import Experiment
 from trustworthy_dl.engine.task import evaluate
@@ -65,6 +65,14 @@ class PipelineLoop(RoundLoop):
 
     def _alloc_rows(self) -> bool:
         return False
+
+    def _transport(self, replica: int, holder: list[int]) -> StageTransport | None:
+        """Point-to-point messages between the ranks holding this replica's stages (None: one process)."""
+        if self.comm.world_size == 1:
+            return None
+        S = self.pp.num_stages
+        ranks = [self.comm.rank_of(holder[self.pp.unit(replica, s)]) for s in range(S)]
+        return StageTransport(self.comm, ranks)
 
     # ------------------------------------------------------------------ the Byzantine holders
 
@@ -129,7 +137,7 @@ class PipelineLoop(RoundLoop):
 
     def _round(self, r: int) -> dict[str, Any]:
         exp, pp = self.exp, self.pp
-        S, M, n = pp.num_stages, pp.replicas, exp.cfg.distributed.num_nodes
+        S, M = pp.num_stages, pp.replicas
         holder = list(exp.scheduler.holder)
         timer = _Timer()
         t_step = time.perf_counter()
@@ -150,13 +158,63 @@ class PipelineLoop(RoundLoop):
                         [plans[pp.unit(m, s)] for s in range(S)],
                         [self.rows[s][m] for s in range(S)],
                         schedule=pp.schedule,
+                        transport=self._transport(m, holder),
                     )
                 )
         self.samples += exp.cfg.training.batch_size * M
-        rec["loss"] = sum(p.loss for p in passes) / M
-        with timer("attack"):
-            self._update_attacks(r)
+        loss = sum(p.loss for p in passes) / M
+        if self.comm.world_size > 1:  # each rank holds its stages' rows (zeros elsewhere): sum = gather
+            with timer("gather"):
+                for rows_MD in self.rows:
+                    self.comm.reduce_sum(rows_MD)
+                loss = float(self.comm.reduce_sum(torch.tensor([loss], dtype=torch.float64))[0])
+        rec["loss"] = loss
+        dropped = torch.zeros(1)
+        ctx: dict[str, Any] = {}
+        if self.coordinator:
+            with timer("attack"):
+                self._update_attacks(r)
+            ctx = self._judge_and_aggregate(r, passes, plans, holder, rec, timer)
+            dropped[0] = float(len(ctx["skipped"]) == S)
+        if self.comm.world_size > 1:
+            with timer("broadcast"):
+                self.comm.broadcast(self.agg_D)
+                self.comm.broadcast(dropped)
 
+        with timer("step"):
+            rec["update_norm"] = float(self.agg_D.norm())
+            if not bool(dropped[0]):
+                rec["lr"] = exp.optimizer.step(self.agg_D, r)
+            else:  # nothing trustworthy this step: drop it (a zero step would still move momentum)
+                rec["lr"] = exp.optimizer.lr_at(r)
+                rec["step_dropped"] = True
+        if self.coordinator:
+            self._after_step(r, ctx, rec, timer)
+        self.step_seconds += time.perf_counter() - t_step
+        if self.coordinator and exp.is_eval_round(r):
+            with timer("eval"):
+                ev = evaluate(pp.staged.model, exp.task, exp.data.x_test, exp.data.y_test)
+            rec.update(test_loss=ev.loss, test_accuracy=ev.accuracy)
+            if ev.perplexity is not None:
+                rec["test_perplexity"] = ev.perplexity
+        rec["time"] = {phase: round(v, 6) for phase, v in timer.split.items()}
+        for phase, v in timer.split.items():
+            self.totals.split[phase] += v
+        return rec
+
+    def _judge_and_aggregate(
+        self,
+        r: int,
+        passes: list[ReplicaPass],
+        plans: list[HolderPlan],
+        holder: list[int],
+        rec: dict[str, Any],
+        timer: _Timer,
+    ) -> dict[str, Any]:
+        """The coordinator's part: evidence per unit and node, trust, robust aggregation per group
+        into ``agg_D``. Returns what :meth:`_after_step` needs."""
+        exp, pp = self.exp, self.pp
+        S, M, n = pp.num_stages, pp.replicas, exp.cfg.distributed.num_nodes
         # ---- evidence per unit: rejected messages, cross-validation, parameter digests, group verdicts
         unit_ev = torch.zeros(M * S, dtype=torch.float64)
         reasons: dict[int, str] = {}
@@ -257,14 +315,21 @@ class PipelineLoop(RoundLoop):
             pp.staged.sum_tied(self.agg_D)
         if skipped:
             rec["skipped_stages"] = skipped
-        with timer("step"):
-            rec["update_norm"] = float(self.agg_D.norm())
-            if len(skipped) < S:
-                rec["lr"] = exp.optimizer.step(self.agg_D, r)
-            else:  # nothing trustworthy this step: drop it (a zero step would still move momentum)
-                rec["lr"] = exp.optimizer.lr_at(r)
-                rec["step_dropped"] = True
-            pp.snapshots.observe(r, bool((node_ev > 0).any()), exp.flat.params_D, exp.optimizer.opt)
+        return {
+            "skipped": skipped,
+            "node_ev": node_ev,
+            "active_N": active_N,
+            "group_recs": group_recs,
+            "recomputations": recomputations,
+            "verify_s": verify_s,
+        }
+
+    def _after_step(self, r: int, ctx: dict[str, Any], rec: dict[str, Any], timer: _Timer) -> None:
+        """The coordinator after the step: snapshot, migrations, detection tallies, the record."""
+        exp, pp = self.exp, self.pp
+        node_ev, active_N = ctx["node_ev"], ctx["active_N"]
+        recomputations, verify_s = ctx["recomputations"], ctx["verify_s"]
+        pp.snapshots.observe(r, bool((node_ev > 0).any()), exp.flat.params_D, exp.optimizer.opt)
         with timer("schedule"):
             moves = exp.scheduler.reassign(
                 active_N, round_idx=r, move=lambda unit, a, b: self._migrate(r, unit, a, b)
@@ -279,24 +344,13 @@ class PipelineLoop(RoundLoop):
             verify_seconds=verify_s,
         )
         self.verify_checked += recomputations
-        rec["stages"] = group_recs
+        rec["stages"] = ctx["group_recs"]
         rec["recomputations"] = recomputations
         rec["verify_s"] = round(verify_s, 6)
         rec["num_active"] = int(active_N.sum())
         rec["trust"] = [round(float(v), 4) for v in exp.trust.scores]
         rec["quarantined"] = exp.trust.quarantined_N.nonzero().flatten().tolist()
         rec["holders"] = list(exp.scheduler.holder)
-        self.step_seconds += time.perf_counter() - t_step
-        if exp.is_eval_round(r):
-            with timer("eval"):
-                ev = evaluate(pp.staged.model, exp.task, exp.data.x_test, exp.data.y_test)
-            rec.update(test_loss=ev.loss, test_accuracy=ev.accuracy)
-            if ev.perplexity is not None:
-                rec["test_perplexity"] = ev.perplexity
-        rec["time"] = {phase: round(v, 6) for phase, v in timer.split.items()}
-        for phase, v in timer.split.items():
-            self.totals.split[phase] += v
-        return rec
 
     def _recompute_row(self, rp: ReplicaPass, s: int) -> Tensor:
         """A verifier's honest stage-s gradient row of one replica: every micro-batch re-run on what

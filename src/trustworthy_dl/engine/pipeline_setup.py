@@ -27,7 +27,7 @@ from trustworthy_dl.engine.setup import Experiment, build_model
 from trustworthy_dl.engine.staged import StagedModel
 from trustworthy_dl.engine.task import Task
 from trustworthy_dl.errors import ConfigError
-from trustworthy_dl.models.stages import model_blocks
+from trustworthy_dl.models.stages import block_times, model_blocks
 from trustworthy_dl.security.layer import SecurityLayer, build_security
 from trustworthy_dl.security.pipeline_verify import PipelineVerifier
 from trustworthy_dl.trust import ShardScheduler, TrustManager
@@ -64,10 +64,12 @@ class PipelineParts:
 
 def check_pipeline_supported(cfg: Config) -> None:
     """What a pipeline run cannot do yet: a clear error at load time."""
-    if cfg.distributed.backend == "torch":
+    s = cfg.security
+    if cfg.distributed.backend == "torch" and (s.attack_detection or s.gradient_verification):
         raise ConfigError(
-            "distributed.backend=torch with parallelism=model/hybrid is not implemented yet: "
-            "pipelines run simulated (backend: simulated)"
+            "distributed.backend=torch with parallelism=model/hybrid runs undefended for now (the "
+            "verifier needs each stage's received messages on the coordinator): set "
+            "security.attack_detection=false and security.gradient_verification=false, or run simulated"
         )
     if cfg.output.checkpoint_every:
         raise ConfigError("output.checkpoint_every with parallelism=model/hybrid is not implemented yet")
@@ -113,7 +115,14 @@ def build_pipeline_experiment(
     data.x_train, data.y_train = data.x_train.to(device), data.y_train.to(device)
     data.x_test, data.y_test = data.x_test.to(device), data.y_test.to(device)
 
-    staged = StagedModel(model, s_num)
+    weights = None
+    if dcfg.stage_balance == "time":
+        sample = data.x_train[: max(1, tcfg.batch_size // dcfg.micro_batches)]
+        weights = block_times(model, sample)
+        notes.append(
+            "stages balanced by measured block time: " + ", ".join(f"{w * 1e3:.2f} ms" for w in weights)
+        )
+    staged = StagedModel(model, s_num, block_weights=weights)
     task = Task(data.kind)
     sampler = ShardSampler(shards, tcfg.batch_size, seed=cfg.seed)
     rounds_per_epoch = sampler.rounds_per_epoch

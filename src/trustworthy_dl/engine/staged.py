@@ -47,8 +47,10 @@ class StagedModel:
         model: the stages in sequence (evaluation runs it; it computes the unsplit model).
     """
 
-    def __init__(self, model: nn.Module, num_stages: int) -> None:
-        self.stages = split_into_stages(model, num_stages)
+    def __init__(
+        self, model: nn.Module, num_stages: int, *, block_weights: list[float] | None = None
+    ) -> None:
+        self.stages = split_into_stages(model, num_stages, block_weights=block_weights)
         seen: dict[int, tuple[int, str]] = {}
         tied: list[tuple[int, str, int, str]] = []  # (first stage, name, later stage, name)
         for s, stage in enumerate(self.stages):

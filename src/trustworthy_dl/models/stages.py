@@ -14,13 +14,16 @@ embedding matrix: a pipeline that places them on different nodes must keep the t
 from __future__ import annotations
 
 import itertools
+import statistics
+import time
 from typing import Protocol, runtime_checkable
 
+import torch
 from torch import nn
 
 from trustworthy_dl.errors import ConfigError
 
-__all__ = ["HasPipelineBlocks", "count_parameters", "model_blocks", "split_into_stages"]
+__all__ = ["HasPipelineBlocks", "block_times", "count_parameters", "model_blocks", "split_into_stages"]
 
 
 @runtime_checkable
@@ -47,11 +50,14 @@ def model_blocks(model: nn.Module) -> list[nn.Module]:
     )
 
 
-def split_into_stages(model: nn.Module, num_stages: int) -> list[nn.Module]:
+def split_into_stages(
+    model: nn.Module, num_stages: int, *, block_weights: list[float] | None = None
+) -> list[nn.Module]:
     """Cut ``model`` into ``num_stages`` consecutive ``nn.Sequential`` stages of whole blocks.
 
-    The cut minimises the largest stage's parameter count. Stage ``s`` takes stage ``s - 1``'s
-    output; stage 0 takes the model's input and the last stage returns its logits.
+    The cut minimises the largest stage's weight: its parameter count, or the sum of
+    ``block_weights`` (one per block, e.g. measured seconds, see :func:`block_times`). Stage ``s``
+    takes stage ``s - 1``'s output; stage 0 takes the model's input and the last stage returns its logits.
     """
     blocks = model_blocks(model)
     if not 1 <= num_stages <= len(blocks):
@@ -59,17 +65,41 @@ def split_into_stages(model: nn.Module, num_stages: int) -> list[nn.Module]:
             f"cannot cut {type(model).__name__} into {num_stages} stages: it has {len(blocks)} blocks "
             f"(num_stages must be in 1..{len(blocks)})"
         )
-    bounds = _balanced_bounds([count_parameters(b) for b in blocks], num_stages)
+    if block_weights is not None and len(block_weights) != len(blocks):
+        raise ConfigError(f"{len(block_weights)} block weights for {len(blocks)} blocks")
+    weights: list[float] = (
+        list(block_weights) if block_weights is not None else [float(count_parameters(b)) for b in blocks]
+    )
+    bounds = _balanced_bounds(weights, num_stages)
     return [nn.Sequential(*blocks[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
 
 
-def _balanced_bounds(weights: list[int], parts: int) -> list[int]:
+def block_times(model: nn.Module, x: torch.Tensor, *, reps: int = 3) -> list[float]:
+    """Median seconds of each block's forward + backward on ``x`` (a sample batch), for balancing
+    stages by measured time rather than by parameters."""
+    times: list[list[float]] = [[] for _ in model_blocks(model)]
+    for _ in range(reps):
+        h = x
+        for i, block in enumerate(model_blocks(model)):
+            h_in = h.detach().requires_grad_(h.is_floating_point())
+            t0 = time.perf_counter()
+            out = block(h_in)
+            params = [p for p in block.parameters() if p.requires_grad]
+            inputs = params + ([h_in] if h_in.requires_grad else [])
+            if inputs:
+                torch.autograd.grad(out.float().square().mean(), inputs, allow_unused=True)
+            times[i].append(time.perf_counter() - t0)
+            h = out.detach()
+    return [statistics.median(t) for t in times]
+
+
+def _balanced_bounds(weights: list[float], parts: int) -> list[int]:
     """Boundaries ``0 = b_0 < b_1 < ... < b_parts = n`` that minimise the largest part's weight.
 
     Dynamic programme over (parts used, blocks covered): O(parts * n^2), n is at most a few dozen.
     """
     n = len(weights)
-    prefix = [0]
+    prefix: list[float] = [0.0]
     for w in weights:
         prefix.append(prefix[-1] + w)
     inf = float("inf")

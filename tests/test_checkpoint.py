@@ -135,3 +135,47 @@ def test_config_difference_allows_settings_added_later() -> None:
         "training.lr: 0.1 in the checkpoint, 0.2 now"
     )
     assert "absent now" in (config_difference(saved, {"training": saved["training"]}) or "")
+
+
+@pytest.mark.slow
+def test_pipeline_run_resumes_exactly_across_a_migration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hybrid run with a tampering stage, interrupted after its migration, resumes to the same records."""
+    from trustworthy_dl.engine.pipeline_loop import PipelineLoop
+
+    def cfg(out: Path):  # type: ignore[no-untyped-def]
+        return _cfg(
+            out,
+            training={"max_rounds": 14, "eval_every": 7},
+            distributed={
+                "num_nodes": 7,
+                "parallelism": "hybrid",
+                "num_stages": 3,
+                "replicas": 2,
+                "spares": 1,
+            },
+            attack={"name": "parameter_tamper", "num_byzantine": 0, "byzantine_ids": [1], "start_round": 4},
+            aggregation={"name": "mean", "params": {}},
+            trust={"snapshot_every": 2},
+        )
+
+    full = run_experiment(cfg(tmp_path / "full"))
+    assert full.summary["migrations"]["count"] == 1
+    original = PipelineLoop._round
+
+    def crashing(self: PipelineLoop, r: int) -> dict[str, Any]:
+        if r == 11:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, r)
+
+    with monkeypatch.context() as m:
+        m.setattr(PipelineLoop, "_round", crashing)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(cfg(tmp_path / "cut"))
+    assert main(["run", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    cut = read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    assert _strip(cut) == _strip(full.history)
+    s_cut = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert s_cut["final"] == full.summary["final"]
+    assert _strip(s_cut["migrations"]) == _strip(full.summary["migrations"])

@@ -101,6 +101,7 @@ def save_checkpoint(loop: RoundLoop, path: Path, *, next_round: int, wall_s: flo
             "wall_s": wall_s,
         },
         "rng": torch.get_rng_state(),
+        "extra": loop.extra_state(),
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -161,4 +162,5 @@ def restore(loop: RoundLoop, state: dict[str, Any]) -> int:
     loop.totals.split.update({k: float(v) for k, v in state["loop"]["time_split"].items()})
     loop.reassignments = json.loads(state["loop"]["reassignments"])
     torch.set_rng_state(state["rng"])
+    loop.load_extra_state(state.get("extra", {}))
     return int(state["next_round"])

@@ -294,6 +294,13 @@ class RoundLoop:
 
     wall_before = 0.0
 
+    def extra_state(self) -> dict[str, Any]:
+        """What a layout adds to the checkpoint (pipelines: snapshots, verifier, migrations)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`extra_state`."""
+
     def run(self) -> RunResult:
         exp = self.exp
         cfg = exp.cfg

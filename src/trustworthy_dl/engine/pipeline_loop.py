@@ -19,6 +19,7 @@ Legend: M replicas, S stages, N nodes, D all flat parameters, D_s stage s's.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -394,6 +395,35 @@ class PipelineLoop(RoundLoop):
         if units_now > 1:
             event["note"] = f"no spare left: node {to_node} now holds {units_now} units"
         self.migrations.append(event)
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def extra_state(self) -> dict[str, Any]:
+        pp = self.pp
+        return {
+            "snapshots": pp.snapshots.state_dict(),
+            "verifier": pp.verifier.state_dict() if pp.verifier is not None else None,
+            "groups": [g.state_dict() for g in pp.group_security] if pp.group_security is not None else None,
+            "migrations": json.dumps(self.migrations),
+            "first_evidence": {str(k): v for k, v in self.first_evidence.items()},
+            "stale": {f"{n}:{s}": t for (n, s), t in self._stale.items()},
+            "verify_checked": self.verify_checked,
+            "step_seconds": self.step_seconds,
+        }
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pp = self.pp
+        pp.snapshots.load_state_dict(state["snapshots"])
+        if pp.verifier is not None and state["verifier"] is not None:
+            pp.verifier.load_state_dict(state["verifier"])
+        if pp.group_security is not None and state["groups"] is not None:
+            for g, gs in zip(pp.group_security, state["groups"]):
+                g.load_state_dict(gs)
+        self.migrations = json.loads(state["migrations"])
+        self.first_evidence = {int(k): int(v) for k, v in state["first_evidence"].items()}
+        self._stale = {(int(k.split(":")[0]), int(k.split(":")[1])): t for k, t in state["stale"].items()}
+        self.verify_checked = int(state["verify_checked"])
+        self.step_seconds = float(state["step_seconds"])
 
     # ------------------------------------------------------------------ summary
 

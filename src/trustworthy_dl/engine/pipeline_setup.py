@@ -71,8 +71,6 @@ def check_pipeline_supported(cfg: Config) -> None:
             "verifier needs each stage's received messages on the coordinator): set "
             "security.attack_detection=false and security.gradient_verification=false, or run simulated"
         )
-    if cfg.output.checkpoint_every:
-        raise ConfigError("output.checkpoint_every with parallelism=model/hybrid is not implemented yet")
     if cfg.model.norm == "batch" and cfg.distributed.micro_batches > 1:
         raise ConfigError(
             "model.norm=batch with micro_batches > 1: batch statistics differ per micro-batch, so the "

@@ -22,7 +22,7 @@ Legend: S stages, m micro-batches, D_s stage s's flat parameters, B micro-batch 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +87,13 @@ def check_message(msg: Tensor | None, like: Tensor) -> str | None:
         return f"dtype {msg.dtype}, expected {like.dtype}"
     if msg.shape != like.shape:
         return f"shape {tuple(msg.shape)}, expected {tuple(like.shape)}"
-    if msg.is_floating_point() and not bool(torch.isfinite(msg).all()):
+    # one sum is cheaper than an element-wise test; only a non-finite sum (NaN / Inf inside, or an
+    # overflow of huge finite values) pays for the exact test
+    if (
+        msg.is_floating_point()
+        and not bool(torch.isfinite(msg.sum()))
+        and not bool(torch.isfinite(msg).all())
+    ):
         return "non-finite values"
     return None
 
@@ -145,22 +151,28 @@ class StageRunner:
             self._out = specs
         return self._out
 
-    def leaf_params(self, s: int, params_D: Tensor | None = None) -> Tensor:
-        src = self.staged.params_D.detach()[self.staged.cols[s]] if params_D is None else params_D
-        return src.detach().requires_grad_(True)
+    def leaf_params(self, s: int, params_D: Tensor | None = None) -> Sequence[Tensor]:
+        """The leaf tensors stage ``s`` computes with: the stage's own parameters (views of the
+        coordinator's flat vector), or per-parameter leaves over a holder's copy ``params_D``."""
+        flat = self.staged.flats[s]
+        if params_D is None:
+            return flat.params
+        return [v.detach().requires_grad_(True) for v in flat.unflatten(params_D).values()]
 
-    def forward(self, s: int, p_D: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(input leaf, output) of stage ``s`` on ``x`` with leaf parameters ``p_D``."""
+    def forward(self, s: int, params: Sequence[Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+        """(input leaf, output) of stage ``s`` on ``x`` with the leaf parameters ``params``."""
         x_leaf = x.detach().requires_grad_(s > 0 and x.is_floating_point())
         flat = self.staged.flats[s]
-        params = flat.unflatten(p_D)
-        return x_leaf, functional_call(flat.model, params, (x_leaf,))
+        if params is flat.params:
+            return x_leaf, flat.model(x_leaf)
+        return x_leaf, functional_call(flat.model, dict(zip(flat.names, params)), (x_leaf,))
 
     def backward(
-        self, s: int, p_D: Tensor, x_leaf: Tensor, y: Tensor, hop: Hop
-    ) -> tuple[Tensor, Tensor | None]:
-        """(parameter gradient (D_s,), input gradient or None for stage 0) of one micro-batch."""
-        inputs = [p_D, x_leaf] if s > 0 else [p_D]
+        self, s: int, params: Sequence[Tensor], x_leaf: Tensor, y: Tensor, hop: Hop, out_D: Tensor
+    ) -> Tensor | None:
+        """Write the stage's parameter gradient of one micro-batch into ``out_D``; returns the input
+        gradient (None for stage 0)."""
+        inputs = [*params, x_leaf] if s > 0 else list(params)
         if s == self.num_stages - 1:
             assert hop.target is not None
             loss = self.task.loss(y, hop.target) * hop.weight
@@ -168,15 +180,33 @@ class StageRunner:
         else:
             assert hop.g_in is not None
             grads = torch.autograd.grad(y, inputs, grad_outputs=hop.g_in)
-        return grads[0], (grads[1] if s > 0 else None)
+        k = len(params)
+        torch.cat([g.reshape(-1) for g in grads[:k]], out=out_D)
+        return grads[k] if s > 0 else None
 
     def recompute(self, s: int, hop: Hop) -> tuple[Tensor, Tensor | None, Tensor]:
         """A verifier's honest re-run of stage ``s`` on what ``hop`` received: (output, input
         gradient, parameter gradient)."""
-        p_D = self.leaf_params(s)
-        x_leaf, y = self.forward(s, p_D, hop.x_in)
-        grad_D, g_x = self.backward(s, p_D, x_leaf, y, hop)
+        params = self.leaf_params(s)
+        x_leaf, y = self.forward(s, params, hop.x_in)
+        grad_D = torch.empty(self.staged.cols[s].stop - self.staged.cols[s].start, dtype=y.dtype)
+        g_x = self.backward(s, params, x_leaf, y, hop, grad_D)
         return y.detach(), g_x, grad_D
+
+    def recompute_messages(self, s: int, hop: Hop) -> tuple[Tensor, Tensor | None]:
+        """What an honest holder of stage ``s`` sends for ``hop``: (output, activation-gradient or None
+        for stage 0). The parameter gradient is not needed to check messages, so it is not computed
+        (stage 0 runs its forward only)."""
+        if s == 0:
+            return self.recompute_output(s, hop), None
+        x_leaf, y = self.forward(s, self.leaf_params(s), hop.x_in)
+        if s == self.num_stages - 1:
+            assert hop.target is not None
+            (g_x,) = torch.autograd.grad(self.task.loss(y, hop.target) * hop.weight, [x_leaf])
+        else:
+            assert hop.g_in is not None
+            (g_x,) = torch.autograd.grad(y, [x_leaf], grad_outputs=hop.g_in)
+        return y.detach(), g_x
 
     def recompute_output(self, s: int, hop: Hop) -> Tensor:
         with torch.no_grad():
@@ -206,6 +236,7 @@ class StageRunner:
         for k in range(m):
             hops[S - 1][k].target = micro[k][1]
         p = [self.leaf_params(s, plans[s].params_D) if local[s] else None for s in range(S)]
+        scratch = [torch.empty_like(row) for row in rows]
         live: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
         loss = 0.0
         rejected: list[tuple[int, int, str]] = []
@@ -260,8 +291,8 @@ class StageRunner:
                                 f"stage {s} received non-finite gradients from stage {s + 1}"
                             )
                         hop.g_in = got
-                    grad_D, g_x = self.backward(s, p_s, x_leaf, y, hop)
-                    rows[s].add_(grad_D)
+                    g_x = self.backward(s, p_s, x_leaf, y, hop, scratch[s])
+                    rows[s].add_(scratch[s])
                     if s > 0:
                         assert g_x is not None
                         tamper_g = plans[s].gradient

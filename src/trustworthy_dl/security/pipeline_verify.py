@@ -10,8 +10,9 @@ holder; its other units are then re-checked every step until it passes ``watch_r
 Blame lands on the stage that broke the chain: a stage fed tampered activations computes honestly
 on what it received and is cleared.
 
-Cost: one checked micro-batch is one stage's forward + backward on one micro-batch, i.e.
-1 / (S x m) of a replica's step; the expected overhead is about ``rate`` of the step's compute.
+Cost: a checked micro-batch is one stage's forward and, past stage 0, the backward to its input
+only (the parameter gradient is not needed to check messages): at most 1 / (S x m) of a replica's
+step, so the expected overhead is below ``rate`` of the step's compute.
 
 Legend: M replicas, S stages, m micro-batches.
 """
@@ -89,7 +90,7 @@ class PipelineVerifier:
                 node = holder[m * S + s]
                 for k in self._sample(len(rp.hops[s]), gen, node in self._watch):
                     hop = rp.hops[s][k]
-                    y_ref, g_ref, _ = runner.recompute(s, hop)
+                    y_ref, g_ref = runner.recompute_messages(s, hop)
                     out.checked += 1
                     why = None
                     err = _mismatch(hop.y_out, y_ref, self.rtol, self.atol)

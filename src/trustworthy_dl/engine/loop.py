@@ -164,9 +164,7 @@ class RoundLoop:
             if events.reinstated:
                 rec["reinstated_now"] = events.reinstated
         active_N = exp.trust.active_N
-        # A quarantined node is counted against the Byzantine budget f: the active nodes hold at most
-        # f - q Byzantine ones, so the rule stops discarding honest work once the attackers are out.
-        f_eff = max(0, exp.aggregator.f - int((~active_N).sum()))
+        f_eff = self.f_budget(active_N)
         weights = self.trust_weights(use_N)
         if exp.cfg.trust.weighted_aggregation:
             rec["weights"] = [round(float(v), 4) for v in exp.trust.weights_N()[use_N]]
@@ -210,6 +208,16 @@ class RoundLoop:
         else:
             self.agg_D.copy_(result.value_D)
         return result, f
+
+    def f_budget(self, active_N: Tensor) -> int:
+        """The f the aggregator is run with: the configured f less the quarantined nodes.
+
+        The f policy, in one place for every layout: a quarantined node was proven Byzantine, so the
+        active nodes hold at most f - q Byzantine ones and the rule stops discarding honest work
+        once the attackers are out. :meth:`robust` lowers it further while the rule cannot
+        tolerate it for the rows at hand.
+        """
+        return max(0, self.exp.aggregator.f - int((~active_N).sum()))
 
     def trust_weights(self, use_N: Tensor) -> Tensor | None:
         """With ``trust.weighted_aggregation``: the used rows' trust scores, summing to 1; else None."""
@@ -414,7 +422,7 @@ class _RoundAggregation:
     def __init__(self, loop: RoundLoop, active_N: Tensor) -> None:
         self._loop = loop
         self._active = active_N
-        self._f = max(0, loop.exp.aggregator.f - int((~active_N).sum()))
+        self._f = loop.f_budget(active_N)
         self._w = loop.trust_weights(active_N)
 
     def __call__(self, updates_ND: Tensor) -> Tensor:

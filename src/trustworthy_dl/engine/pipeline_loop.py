@@ -120,7 +120,7 @@ class PipelineLoop(RoundLoop):
                     )
                 group_att = self._group_attackers[key]
                 active_M = self._active_rows(s)
-                f = self.exp.aggregator.f
+                f = self.f_budget(self.exp.trust.active_N)
 
                 def probe(rows_MD: Tensor, a: Tensor = active_M, f: int = f) -> Tensor:
                     res, _ = self.robust(rows_MD[a], f)
@@ -294,12 +294,10 @@ class PipelineLoop(RoundLoop):
         # ---- robust aggregation per group
         with timer("aggregate"):
             active_N = exp.trust.active_N
-            q = int((~active_N).sum())
             skipped = []
             for s in range(S):
                 use_M = use_rows[s] & self._active_rows(s)
-                f_eff = max(0, exp.aggregator.f - q)
-                result, f_used = self.robust(self.rows[s][use_M], f_eff)
+                result, f_used = self.robust(self.rows[s][use_M], self.f_budget(active_N))
                 cols = pp.staged.cols[s]
                 if result is None:
                     self.agg_D[cols].zero_()

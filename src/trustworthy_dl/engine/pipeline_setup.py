@@ -62,15 +62,20 @@ class PipelineParts:
         return replica * self.num_stages + stage
 
 
-def check_pipeline_supported(cfg: Config) -> None:
-    """What a pipeline run cannot do yet: a clear error at load time."""
+def check_processes(cfg: Config, *, multi_process: bool) -> None:
+    """A pipeline over several processes runs undefended for now (a clear error otherwise)."""
     s = cfg.security
-    if cfg.distributed.backend == "torch" and (s.attack_detection or s.gradient_verification):
+    if multi_process and (s.attack_detection or s.gradient_verification):
         raise ConfigError(
-            "distributed.backend=torch with parallelism=model/hybrid runs undefended for now (the "
+            "parallelism=model/hybrid over several processes (torchrun) runs undefended for now (the "
             "verifier needs each stage's received messages on the coordinator): set "
             "security.attack_detection=false and security.gradient_verification=false, or run simulated"
         )
+
+
+def check_pipeline_supported(cfg: Config) -> None:
+    """What a pipeline run cannot do yet: a clear error at load time."""
+    check_processes(cfg, multi_process=cfg.distributed.backend == "torch")
     if cfg.model.norm == "batch" and cfg.distributed.micro_batches > 1:
         raise ConfigError(
             "model.norm=batch with micro_batches > 1: batch statistics differ per micro-batch, so the "
@@ -89,6 +94,7 @@ def build_pipeline_experiment(
 ) -> Experiment:
     dcfg, tcfg = cfg.distributed, cfg.training
     n = dcfg.num_nodes
+    check_processes(cfg, multi_process=comm.world_size > 1)
     model = build_model(cfg, data, device)
     blocks = len(model_blocks(model))
     try:

@@ -80,6 +80,18 @@ def print_summary(summary: dict[str, Any], *, console: Console | None = None) ->
             ("detection FPR", det.get("fpr")),
             ("latency (median rounds)", det.get("latency_rounds_median")),
         ]
+    pipe = summary.get("pipeline")
+    if pipe:
+        mig = summary.get("migrations", {})
+        share = summary.get("verification", {}).get("share_of_step_time")
+        rows += [
+            (
+                "layout",
+                f"{pipe['replicas']} x {pipe['stages']} stages + {pipe['spares']} spare(s), {pipe['schedule']}",
+            ),
+            ("stage migrations", mig.get("count")),
+            ("verification / step time", None if share is None else f"{100 * share:.1f}%"),
+        ]
     thr = summary.get("throughput", {})
     rows += [
         ("wall time (s)", summary.get("wall_s")),

@@ -164,11 +164,10 @@ class PipelineLoop(RoundLoop):
                 )
         self.samples += exp.cfg.training.batch_size * M
         loss = sum(p.loss for p in passes) / M
-        if self.comm.world_size > 1:  # each rank holds its stages' rows (zeros elsewhere): sum = gather
-            with timer("gather"):
-                for rows_MD in self.rows:
-                    self.comm.reduce_sum(rows_MD)
-                loss = float(self.comm.reduce_sum(torch.tensor([loss], dtype=torch.float64))[0])
+        with timer("gather"):  # each rank holds its stages' rows (zeros elsewhere): the sum is a gather
+            for rows_MD in self.rows:
+                self.comm.reduce_sum(rows_MD)
+            loss = float(self.comm.reduce_sum(torch.tensor([loss], dtype=torch.float64))[0])
         rec["loss"] = loss
         dropped = torch.zeros(1)
         ctx: dict[str, Any] = {}
@@ -177,10 +176,9 @@ class PipelineLoop(RoundLoop):
                 self._update_attacks(r)
             ctx = self._judge_and_aggregate(r, passes, plans, holder, rec, timer)
             dropped[0] = float(len(ctx["skipped"]) == S)
-        if self.comm.world_size > 1:
-            with timer("broadcast"):
-                self.comm.broadcast(self.agg_D)
-                self.comm.broadcast(dropped)
+        with timer("broadcast"):
+            self.comm.broadcast(self.agg_D)
+            self.comm.broadcast(dropped)
 
         with timer("step"):
             rec["update_norm"] = float(self.agg_D.norm())

@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "pipeline_acceptance.json")
     args = ap.parse_args()
     names = [
-        "gpt2_clean", "gpt2_activation", "gpt2_gradient", "gpt2_parameter",
+        "gpt2_clean", "gpt2_activation", "gpt2_gradient", "gpt2_parameter", "gpt2_activation_undefended",
         "hybrid_clean", "hybrid_defended", "hybrid_undefended",
     ]  # fmt: skip
     runs = {n: s for n in names if (s := _load(args.root, n)) is not None}

@@ -157,3 +157,17 @@ def test_translation_equivariance(case, data) -> None:  # type: ignore[no-untype
     b = build(case, f)(X + t).value_D
     scale = float(X.abs().max()) + float(t.abs().max()) + 1
     torch.testing.assert_close(b, a + t, atol=1e-5 * scale, rtol=1e-4)
+
+
+def test_rows_clipped_by_a_hair_keep_their_absolute_geometry() -> None:
+    """Found by Hypothesis: ARC clips one of six near-equal rows by a hair, so the rows' coefficient
+    sums differ from 1 by less than allclose's default tolerance but more than rounding; NNM's
+    distances then need the absolute geometry (this raised RuntimeError before)."""
+    from trustworthy_dl.aggregation.pipeline import build_aggregator
+
+    x = torch.tensor(
+        [[1.3971, 0.1324, 0.6732], [1.4100, 0.1341, 0.6579], [1.3923, 0.1371, 0.6761],
+         [1.4050, 0.1512, 0.6571], [1.4061, 0.1419, 0.6646], [1.4122, 0.1437, 0.6475]]
+    )  # fmt: skip
+    out = build_aggregator("multi_krum", f=1, pre=[{"name": "arc"}, {"name": "nnm"}])(x).value_D
+    assert torch.isfinite(out).all() and out.shape == (3,)

@@ -109,7 +109,11 @@ class Rows:
         return (self.coef[:, far_N] != 0).any(1)
 
     def _unit_sums(self) -> bool:
-        return self.coef is None or bool(torch.allclose(self.coef.sum(1), torch.ones_like(self.coef[:, 0])))
+        # as strict as Geometry._uniform_s: a sum off by more than rounding (a row clipped by a hair)
+        # needs the absolute geometry, or the distances would miss their (s_i - s_j) term
+        return self.coef is None or bool(
+            torch.allclose(self.coef.sum(1), torch.ones_like(self.coef[:, 0]), rtol=1e-12, atol=0)
+        )
 
     def geometry(self, extras_KD: Tensor | None = None, *, absolute: bool = False) -> Geometry:
         """Geometry of the M current rows, followed by ``extras_KD`` if given (one Gram pass).

@@ -281,6 +281,11 @@ class RoundLoop:
             rec["lr"] = exp.optimizer.step(self.agg_D, r)
             if before_D is not None:
                 rec.update(ParameterMonitor.stats(exp.flat.params_D.detach(), before_D))
+        return self._finish_round(r, rec, timer)
+
+    def _finish_round(self, r: int, rec: dict[str, Any], timer: _Timer) -> dict[str, Any]:
+        """Every layout's round ends so: the coordinator evaluates on eval rounds; phase timings."""
+        exp = self.exp
         if self.coordinator and exp.is_eval_round(r):
             with timer("eval"):
                 ev = evaluate(exp.flat.model, exp.task, exp.data.x_test, exp.data.y_test)

@@ -33,7 +33,6 @@ from trustworthy_dl.engine.loop import RoundLoop, _Timer
 from trustworthy_dl.engine.pipeline_exec import HolderPlan, ReplicaPass, StageTransport
 from trustworthy_dl.engine.pipeline_setup import PipelineParts
 from trustworthy_dl.engine.setup import Experiment
-from trustworthy_dl.engine.task import evaluate
 from trustworthy_dl.security.metrics import DetectionTracker
 from trustworthy_dl.security.monitor import tensor_digest
 
@@ -190,16 +189,7 @@ class PipelineLoop(RoundLoop):
         if self.coordinator:
             self._after_step(r, ctx, rec, timer)
         self.step_seconds += time.perf_counter() - t_step
-        if self.coordinator and exp.is_eval_round(r):
-            with timer("eval"):
-                ev = evaluate(pp.staged.model, exp.task, exp.data.x_test, exp.data.y_test)
-            rec.update(test_loss=ev.loss, test_accuracy=ev.accuracy)
-            if ev.perplexity is not None:
-                rec["test_perplexity"] = ev.perplexity
-        rec["time"] = {phase: round(v, 6) for phase, v in timer.split.items()}
-        for phase, v in timer.split.items():
-            self.totals.split[phase] += v
-        return rec
+        return self._finish_round(r, rec, timer)  # exp.flat.model is the stages in sequence
 
     def _judge_and_aggregate(
         self,

@@ -371,3 +371,27 @@ def test_stages_can_be_balanced_by_measured_block_time() -> None:
     assert len(stages[1]) == 1
     with pytest.raises(ConfigError, match="block weights"):
         split_into_stages(model, 2, block_weights=[1.0])
+
+
+@pytest.mark.slow
+def test_hybrid_stage_groups_run_stage_one_statistics_and_verification(tmp_path: Path) -> None:
+    """With 4 replicas each stage group has 4 rows: stage-1 statistics flag rows, the stage-2
+    verifier re-computes the flagged ones and only the Byzantine holder is confirmed."""
+    s = _run(
+        tmp_path,
+        "h4",
+        model={"name": "cnn", "size": None},
+        data={"name": "digits"},
+        training={"batch_size": 16, "max_rounds": 14, "optimizer": "sgd", "learning_rate": 0.05},
+        distributed={"num_nodes": 9, "parallelism": "hybrid", "num_stages": 2, "replicas": 4, "spares": 1},
+        attack={"name": "gaussian", "byzantine_ids": [3], "start_round": 8},
+        aggregation={"name": "median"},
+        security={"spot_check_fraction": 0.0},
+    )
+    assert s["detection"]["latency_rounds"] == {"3": 2} and s["detection"]["false_quarantines"] == 0
+    assert [(e["from"], e["to"]) for e in s["migrations"]["events"]] == [(3, 8)]
+    records = [json.loads(x) for x in (tmp_path / "h4" / "metrics.jsonl").read_text().splitlines()]
+    reasons = [r["stages"][1].get("verified", {}) for r in records[8:10]]
+    assert all(
+        v.get("1") == "flagged" for v in reasons
+    )  # replica 1's stage-1 row (node 3), flagged by statistics

@@ -171,3 +171,36 @@ def test_rows_clipped_by_a_hair_keep_their_absolute_geometry() -> None:
     )  # fmt: skip
     out = build_aggregator("multi_krum", f=1, pre=[{"name": "arc"}, {"name": "nnm"}])(x).value_D
     assert torch.isfinite(out).all() and out.shape == (3,)
+
+
+_TOLERANCE_CHAINS = [
+    ("median", []), ("trimmed_mean", []), ("geometric_median", []), ("centered_clip", []), ("mda", []),
+    ("signguard", []), ("dnc", []), ("krum", []), ("multi_krum", []), ("bulyan", []), ("mean", []),
+    ("krum", [{"name": "nnm"}]), ("median", [{"name": "bucketing", "s": 2}]),
+    ("trimmed_mean", [{"name": "arc"}]), ("multi_krum", [{"name": "arc"}, {"name": "nnm"}]),
+    ("mean", [{"name": "clip", "c": 1.0}]), ("dnc", [{"name": "bucketing", "s": 3}]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "pre"),
+    _TOLERANCE_CHAINS,
+    ids=[n + "".join("+" + p["name"] for p in pre) for n, pre in _TOLERANCE_CHAINS],
+)
+def test_declared_tolerance_is_exactly_where_the_rule_runs(name: str, pre: list) -> None:
+    """The engine lowers f by the declared tolerance (Aggregator.max_f) instead of probing: it must
+    agree with the rules' own checks for every n and f."""
+    from trustworthy_dl.aggregation.pipeline import build_aggregator
+    from trustworthy_dl.errors import ConfigError
+
+    gen = torch.Generator().manual_seed(0)
+    for n in range(1, 25):
+        x = torch.randn(n, 4, generator=gen)
+        for f in range(0, n + 1):
+            agg = build_aggregator(name, f=f, pre=[dict(p) for p in pre])
+            try:
+                agg(x)
+                ran = True
+            except ConfigError:
+                ran = False
+            assert ran == (f <= agg.max_f(n)), (name, pre, n, f, agg.max_f(n))

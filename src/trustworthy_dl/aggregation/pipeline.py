@@ -28,6 +28,7 @@ from trustworthy_dl.aggregation._checks import check_f, check_params, param_defa
 from trustworthy_dl.aggregation._parallel import single_threaded
 from trustworthy_dl.aggregation._rows import Rows
 from trustworthy_dl.aggregation.base import AGGREGATORS, PRE_AGGREGATORS, AggResult
+from trustworthy_dl.aggregation.tolerance import ANY_F, max_f_of_rule, rows_after
 from trustworthy_dl.errors import ConfigError
 from trustworthy_dl.registry import Registry
 
@@ -99,6 +100,21 @@ class Aggregator:
                 rows = stage(rows, f)
             out: AggResult = self.aggregator(rows, f)
         return out
+
+    def max_f(self, n: int) -> int:
+        """The largest f this chain runs with on ``n`` rows (-1: none), from the rules' declared
+        conditions (:mod:`~trustworthy_dl.aggregation.tolerance`). A stage with its own fixed f
+        that it cannot tolerate makes the chain unusable at this n (-1)."""
+        best = ANY_F
+        for stage in [*self.pre, self.aggregator]:
+            limit = max_f_of_rule(stage.name, n, stage.params)
+            if stage.fixed_f is not None:
+                if stage.fixed_f > limit:
+                    return -1
+            else:
+                best = min(best, limit)
+            n = rows_after(stage.name, n, stage.params)
+        return best
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a stateful stage carries between rounds (CenteredClip's centre, RNG rounds)."""

@@ -33,7 +33,6 @@ from trustworthy_dl.aggregation import AggResult
 from trustworthy_dl.engine.checkpoint import CHECKPOINT, restore, save_checkpoint
 from trustworthy_dl.engine.setup import Experiment, headline
 from trustworthy_dl.engine.task import evaluate
-from trustworthy_dl.errors import ConfigError
 from trustworthy_dl.report.console import RunProgress
 from trustworthy_dl.report.metrics import MetricsLog
 from trustworthy_dl.report.plots import plot_training
@@ -229,16 +228,12 @@ class RoundLoop:
     def robust(
         self, rows_MD: Tensor, f: int, weights_M: Tensor | None = None
     ) -> tuple[AggResult | None, int]:
-        """The aggregator on these rows, f lowered while the rule cannot tolerate it; (None, f) if no rows."""
+        """The aggregator on these rows, with f lowered to what the rule declares it tolerates for
+        them (``Aggregator.max_f``); (None, f) if there are no rows."""
         if rows_MD.shape[0] == 0:
             return None, f
-        while True:
-            try:
-                return self.exp.aggregator(rows_MD, weights_M, f=f), f
-            except ConfigError:
-                if f == 0:
-                    raise
-                f -= 1
+        f = max(0, min(f, self.exp.aggregator.max_f(rows_MD.shape[0])))  # at none: the rule's own error
+        return self.exp.aggregator(rows_MD, weights_M, f=f), f
 
     def _tampered(self) -> list[int]:
         """Nodes whose copy of the parameters differs from the coordinator's (torch backend only).

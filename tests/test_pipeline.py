@@ -395,3 +395,12 @@ def test_hybrid_stage_groups_run_stage_one_statistics_and_verification(tmp_path:
     assert all(
         v.get("1") == "flagged" for v in reasons
     )  # replica 1's stage-1 row (node 3), flagged by statistics
+
+
+def test_launching_a_defended_pipeline_is_refused_before_any_process_starts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from trustworthy_dl.cli import main
+
+    assert main(["launch", "-n", "2", str(REPO / "configs" / "gpt2_pipeline.yaml")]) == 2
+    assert "runs undefended for now" in capsys.readouterr().err

@@ -116,11 +116,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_launch(args: argparse.Namespace) -> int:
     if args.resume:
-        _load(argparse.Namespace(config=_resume_config(args), overrides=args.overrides))
+        cfg = _load(argparse.Namespace(config=_resume_config(args), overrides=args.overrides))
     else:
-        _load(args)  # fail fast, in one process, on a bad config
+        cfg = _load(args)  # fail fast, in one process, on a bad config
     if args.nproc < 1:
         raise TdlError(f"--nproc must be >= 1, got {args.nproc}")
+    if cfg.distributed.parallelism != "data" and args.nproc > 1:
+        from trustworthy_dl.engine.pipeline_setup import check_processes
+
+        check_processes(cfg, multi_process=True)
     cmd = [
         sys.executable,
         "-m",

@@ -51,6 +51,12 @@ class Comm(ABC):
     def is_coordinator(self) -> bool:
         return self.rank == 0
 
+    @property
+    def shares_parameters(self) -> bool:
+        """Whether every node computes with the coordinator's own parameter tensor (one process):
+        then there is no node copy whose digest could differ."""
+        return self.world_size == 1
+
     def nodes_of(self, rank: int) -> range:
         lo = rank * self.rows_per_rank
         return range(min(lo, self.num_nodes), min(lo + self.rows_per_rank, self.num_nodes))

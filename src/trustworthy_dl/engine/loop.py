@@ -165,7 +165,7 @@ class RoundLoop:
         active_N = exp.trust.active_N
         f_eff = self.f_budget(active_N)
         weights = self.trust_weights(use_N)
-        if exp.cfg.trust.weighted_aggregation:
+        if exp.trust.weighted:
             rec["weights"] = [round(float(v), 4) for v in exp.trust.weights_N()[use_N]]
         with timer("aggregate"):
             result, f_eff = self._aggregate(updates_ND[use_N], f_eff, weights)
@@ -220,7 +220,7 @@ class RoundLoop:
 
     def trust_weights(self, use_N: Tensor) -> Tensor | None:
         """With ``trust.weighted_aggregation``: the used rows' trust scores, summing to 1; else None."""
-        if not self.exp.cfg.trust.weighted_aggregation:
+        if not self.exp.trust.weighted:
             return None
         w = self.exp.trust.weights_N()[use_N]
         return w / w.sum() if float(w.sum()) > 0 else None
@@ -241,7 +241,7 @@ class RoundLoop:
         Each process sends a digest tensor of its parameter copy for each of its nodes; simulated
         nodes share the coordinator's parameters, so there is nothing to compare.
         """
-        if self.comm.world_size == 1:
+        if self.comm.shares_parameters:
             return []
         digest = ParameterMonitor.digest(self.exp.flat.params_D.detach())
         local = digest.to(self.local_RD.dtype).expand(len(self.comm.local_nodes), -1).contiguous()
@@ -254,7 +254,7 @@ class RoundLoop:
         exp, comm = self.exp, self.comm
         timer = _Timer()
         assignment = exp.scheduler.assignment()
-        self.samples += exp.cfg.training.batch_size * sum(len(a) for a in assignment)
+        self.samples += exp.sampler.batch_size * sum(len(a) for a in assignment)
         losses_R = self._compute(r, assignment, timer)
         with timer("gather"):
             updates_ND = comm.gather_rows(self.local_RD)
@@ -267,9 +267,9 @@ class RoundLoop:
             rec.update(self._coordinate(r, updates_ND, assignment, tampered, timer))
         with timer("broadcast"):
             comm.broadcast(self.agg_D)
-            if comm.world_size > 1:  # every rank must know who holds which shard next round
-                holder_S = comm.broadcast(torch.tensor(exp.scheduler.holder, dtype=torch.int64))
-                exp.scheduler.holder = holder_S.tolist()
+            # every rank must know who holds which shard next round
+            holder_S = comm.broadcast(torch.tensor(exp.scheduler.holder, dtype=torch.int64))
+            exp.scheduler.holder = holder_S.tolist()
         with timer("step"):
             rec["update_norm"] = float(self.agg_D.norm())
             before_D = self.prev_D.copy_(exp.flat.params_D.detach()) if self.prev_D is not None else None

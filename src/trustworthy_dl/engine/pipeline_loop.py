@@ -103,7 +103,7 @@ class PipelineLoop(RoundLoop):
 
     def _update_attacks(self, r: int) -> None:
         """Byzantine holders' update attacks on their stage rows (hybrid layouts)."""
-        pp, holder, cfg = self.pp, self.exp.scheduler.holder, self.exp.cfg
+        pp, holder = self.pp, self.exp.scheduler.holder
         for att in pp.attackers:
             if att.stage_attack is not None or not att.active(r):
                 continue
@@ -115,7 +115,7 @@ class PipelineLoop(RoundLoop):
                 if key not in self._group_attackers:
                     acfg = att.cfg.model_copy(update={"byzantine_ids": list(rows), "also": []})
                     self._group_attackers[key] = AdversarialAttacker(
-                        acfg, num_nodes=pp.replicas, seed=cfg.seed * 7919 + s
+                        acfg, num_nodes=pp.replicas, seed=att.seed * 7919 + s
                     )
                 group_att = self._group_attackers[key]
                 active_M = self._active_rows(s)
@@ -161,7 +161,7 @@ class PipelineLoop(RoundLoop):
                         transport=self._transport(m, holder),
                     )
                 )
-        self.samples += exp.cfg.training.batch_size * M
+        self.samples += exp.sampler.batch_size * M
         loss = sum(p.loss for p in passes) / M
         with timer("gather"):  # each rank holds its stages' rows (zeros elsewhere): the sum is a gather
             for rows_MD in self.rows:
@@ -203,7 +203,7 @@ class PipelineLoop(RoundLoop):
         """The coordinator's part: evidence per unit and node, trust, robust aggregation per group
         into ``agg_D``. Returns what :meth:`_after_step` needs."""
         exp, pp = self.exp, self.pp
-        S, M, n = pp.num_stages, pp.replicas, exp.cfg.distributed.num_nodes
+        S, M, n = pp.num_stages, pp.replicas, exp.trust.num_nodes
         # ---- evidence per unit: rejected messages, cross-validation, parameter digests, group verdicts
         unit_ev = torch.zeros(M * S, dtype=torch.float64)
         reasons: dict[int, str] = {}

@@ -55,6 +55,7 @@ class TrustManager:
         recovery_rate: fraction of the distance to 1 regained per clean round.
         threshold: scores below it are quarantined.
         reinstate_margin: a quarantined node returns at ``threshold + reinstate_margin``.
+        weighted: the aggregation weights each trusted node's row by its score (``weights_N``).
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class TrustManager:
         recovery_rate: float = 0.05,
         threshold: float = 0.7,
         reinstate_margin: float = 0.05,
+        weighted: bool = False,
     ) -> None:
         if num_nodes < 1:
             raise ConfigError(f"num_nodes must be >= 1, got {num_nodes}")
@@ -93,6 +95,7 @@ class TrustManager:
         self.recovery_rate = recovery_rate
         self.threshold = threshold
         self.reinstate_margin = reinstate_margin
+        self.weighted = weighted  # aggregation weights each trusted row by its score
         self._scores_N = torch.full((num_nodes,), float(initial_trust), dtype=torch.float64)
         self._quarantined_N = torch.zeros(num_nodes, dtype=torch.bool)
         self._quarantine_rounds_N = torch.zeros(num_nodes, dtype=torch.int64)
@@ -109,6 +112,7 @@ class TrustManager:
             recovery_rate=t.recovery_rate,
             threshold=cfg.security.trust_threshold,
             reinstate_margin=t.reinstate_margin,
+            weighted=t.weighted_aggregation,
         )
 
     @property

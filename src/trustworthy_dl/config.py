@@ -144,53 +144,10 @@ class DistributedConfig(_Section):
     dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
 
     def layout_numbers(self, max_stages: int | None = None) -> tuple[int, int, int]:
-        """(M replicas, S stages, spares) of this layout; data parallel is (N, 1, 0).
+        """(M replicas, S stages, spares) of this layout (see :func:`trustworthy_dl.engine.layout.layout_numbers`)."""
+        from trustworthy_dl.engine.layout import layout_numbers
 
-        Given ``num_stages``, ``num_nodes`` must equal M x S + spares: a mismatch raises ValueError
-        showing the arithmetic. Without it, S is derived: for ``model`` every non-spare node holds a
-        stage, for ``hybrid`` S = 2; capped at ``max_stages`` (the model's blocks, when known) and
-        the nodes left over become spares.
-        """
-        n = self.num_nodes
-        if self.parallelism == "data":
-            if self.num_stages not in (None, 1) or self.replicas not in (None, n) or self.spares:
-                raise ValueError(
-                    "parallelism=data takes no num_stages / replicas / spares "
-                    f"(got num_stages={self.num_stages}, replicas={self.replicas}, spares={self.spares})"
-                )
-            return n, 1, 0
-        if self.spares >= n:
-            raise ValueError(f"spares={self.spares} leaves no node of num_nodes={n} to hold a stage")
-        given = self.num_stages is not None
-        if self.num_stages is not None:
-            s = self.num_stages
-        elif self.parallelism == "model":
-            s = n - self.spares
-        else:
-            s = 2
-        if not given and max_stages is not None:
-            s = max(1, min(s, max_stages))
-        if self.parallelism == "model":
-            if self.replicas not in (None, 1):
-                raise ValueError(
-                    f"parallelism=model is one pipeline: replicas must be 1 (got {self.replicas}); use hybrid"
-                )
-            m = 1
-        else:
-            m = self.replicas if self.replicas is not None else (n - self.spares) // s
-            if m < 2:
-                raise ValueError(
-                    f"parallelism=hybrid needs replicas >= 2 (num_nodes={n}, num_stages={s}, "
-                    f"spares={self.spares} give replicas={m}); use parallelism=model for one pipeline"
-                )
-        if given or self.replicas is not None:
-            if m * s + self.spares != n:
-                raise ValueError(
-                    f"num_nodes={n} must equal replicas x num_stages + spares = {m} x {s} + {self.spares} "
-                    f"= {m * s + self.spares}"
-                )
-            return m, s, self.spares
-        return m, s, n - m * s  # derived: the nodes left over are spares
+        return layout_numbers(self, max_stages)
 
 
 class AttackConfig(_Section):

@@ -404,3 +404,20 @@ def test_launching_a_defended_pipeline_is_refused_before_any_process_starts(
 
     assert main(["launch", "-n", "2", str(REPO / "configs" / "gpt2_pipeline.yaml")]) == 2
     assert "runs undefended for now" in capsys.readouterr().err
+
+
+def test_the_python_facade_takes_the_pipeline_layout() -> None:
+    from trustworthy_dl import DistributedTrainer
+
+    t = DistributedTrainer(
+        model_name="cnn",
+        num_nodes=7,
+        parallelism="hybrid",
+        num_stages=3,
+        replicas=2,
+        spares=1,
+        schedule="gpipe",
+    )
+    assert t.config.distributed.layout_numbers() == (2, 3, 1) and t.config.distributed.schedule == "gpipe"
+    with pytest.raises(ConfigError, match="must equal replicas x num_stages"):
+        DistributedTrainer(model_name="cnn", num_nodes=8, parallelism="hybrid", num_stages=3, replicas=2)

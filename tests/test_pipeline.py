@@ -374,9 +374,13 @@ def test_stages_can_be_balanced_by_measured_block_time() -> None:
 
 
 @pytest.mark.slow
-def test_hybrid_stage_groups_run_stage_one_statistics_and_verification(tmp_path: Path) -> None:
+@pytest.mark.parametrize("weighted", [False, True])
+def test_hybrid_stage_groups_run_stage_one_statistics_and_verification(
+    tmp_path: Path, weighted: bool
+) -> None:
     """With 4 replicas each stage group has 4 rows: stage-1 statistics flag rows, the stage-2
-    verifier re-computes the flagged ones and only the Byzantine holder is confirmed."""
+    verifier re-computes the flagged ones and only the Byzantine holder is confirmed (also with
+    each row weighted by its holder's trust)."""
     s = _run(
         tmp_path,
         "h4",
@@ -385,8 +389,9 @@ def test_hybrid_stage_groups_run_stage_one_statistics_and_verification(tmp_path:
         training={"batch_size": 16, "max_rounds": 14, "optimizer": "sgd", "learning_rate": 0.05},
         distributed={"num_nodes": 9, "parallelism": "hybrid", "num_stages": 2, "replicas": 4, "spares": 1},
         attack={"name": "gaussian", "byzantine_ids": [3], "start_round": 8},
-        aggregation={"name": "median"},
+        aggregation={"name": "mean" if weighted else "median"},
         security={"spot_check_fraction": 0.0},
+        trust={"weighted_aggregation": weighted},
     )
     assert s["detection"]["latency_rounds"] == {"3": 2} and s["detection"]["false_quarantines"] == 0
     assert [(e["from"], e["to"]) for e in s["migrations"]["events"]] == [(3, 8)]

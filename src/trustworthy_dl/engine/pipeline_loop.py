@@ -127,6 +127,14 @@ class PipelineLoop(RoundLoop):
 
                 self.rows[s].copy_(group_att.corrupt(self.rows[s], round=r, aggregator=probe))
 
+    def _holder_weights(self, s: int, use_M: Tensor) -> Tensor | None:
+        """With ``trust.weighted_aggregation``: each used row weighted by its holder's trust score."""
+        if not self.exp.trust.weighted:
+            return None
+        holders = [self.exp.scheduler.holder[self.pp.unit(m, s)] for m in range(self.pp.replicas)]
+        w = self.exp.trust.weights_N()[torch.tensor(holders)][use_M]
+        return w / w.sum() if float(w.sum()) > 0 else None
+
     def _active_rows(self, s: int) -> Tensor:
         pp, active_N = self.pp, self.exp.trust.active_N
         return torch.tensor(
@@ -285,7 +293,8 @@ class PipelineLoop(RoundLoop):
             skipped = []
             for s in range(S):
                 use_M = use_rows[s] & self._active_rows(s)
-                result, f_used = self.robust(self.rows[s][use_M], self.f_budget(active_N))
+                weights = self._holder_weights(s, use_M)
+                result, f_used = self.robust(self.rows[s][use_M], self.f_budget(active_N), weights)
                 cols = pp.staged.cols[s]
                 if result is None:
                     self.agg_D[cols].zero_()

@@ -169,6 +169,18 @@ def test_more_stages_than_blocks_is_a_config_error() -> None:
         run_experiment(cfg, write=False)
 
 
+def test_settings_that_do_not_apply_to_pipelines_are_errors() -> None:
+    cfg = config_from_dict(_pipe(num_nodes=3, per_node_grads="vmap") | {"output": {"progress": False}})
+    with pytest.raises(ConfigError, match="applies to data parallelism"):
+        run_experiment(cfg, write=False)
+    cfg = config_from_dict(
+        _pipe(num_nodes=3)
+        | {"attack": {"name": "label_flip", "num_byzantine": 1}, "output": {"progress": False}}
+    )
+    with pytest.raises(ConfigError, match="is a data attack"):
+        run_experiment(cfg, write=False)
+
+
 def test_pipeline_attacks_need_a_pipeline() -> None:
     with pytest.raises(ConfigError, match=r"needs distributed\.parallelism=model or hybrid"):
         config_from_dict({"attack": {"name": "gradient_tamper", "num_byzantine": 1}})

@@ -76,6 +76,11 @@ def check_processes(cfg: Config, *, multi_process: bool) -> None:
 def check_pipeline_supported(cfg: Config) -> None:
     """What a pipeline run cannot do yet: a clear error at load time."""
     check_processes(cfg, multi_process=cfg.distributed.backend == "torch")
+    if cfg.distributed.per_node_grads != "loop":
+        raise ConfigError(
+            f"distributed.per_node_grads={cfg.distributed.per_node_grads!r} applies to data parallelism; "
+            "pipeline stages compute per micro-batch (leave it at loop)"
+        )
     if cfg.model.norm == "batch" and cfg.distributed.micro_batches > 1:
         raise ConfigError(
             "model.norm=batch with micro_batches > 1: batch statistics differ per micro-batch, so the "

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from trustworthy_dl.aggregation import AggResult
 from trustworthy_dl.engine.checkpoint import CHECKPOINT, restore, save_checkpoint
+from trustworthy_dl.engine.round_record import CoordinatorRecord
 from trustworthy_dl.engine.setup import Experiment, headline
 from trustworthy_dl.engine.task import evaluate
 from trustworthy_dl.report.console import RunProgress
@@ -125,10 +126,9 @@ class RoundLoop:
 
     def _coordinate(
         self, r: int, updates_ND: Tensor, assignment: list[list[int]], tampered: list[int], timer: _Timer
-    ) -> dict[str, Any]:
+    ) -> CoordinatorRecord:
         """The coordinator's part: attack simulation, security, trust, aggregation, scheduling."""
         exp = self.exp
-        rec: dict[str, Any] = {}
         with timer("attack"):
             # an omniscient attacker probes the aggregation as this round will run it: over the
             # nodes trusted so far, with their f (it cannot know this round's verdict)
@@ -139,6 +139,9 @@ class RoundLoop:
         use_N = exp.trust.active_N
         stage1_N: Tensor | None = None
         recomputations, verify_s = 0, 0.0
+        sec_rec: dict[str, Any] | None = None
+        quarantined_now: list[int] = []
+        reinstated_now: list[int] = []
         if exp.security is not None:
             with timer("security"):
                 verdict, sec_rec = exp.security.inspect(
@@ -157,25 +160,14 @@ class RoundLoop:
                 events = exp.trust.update(verdict.evidence_N)
             # trusted and not counted against this round: a row caught now never reaches the aggregate
             use_N = verdict.aggregate_mask(exp.trust.active_N)
-            rec["security"] = sec_rec
-            if events.quarantined:
-                rec["quarantined_now"] = events.quarantined
-            if events.reinstated:
-                rec["reinstated_now"] = events.reinstated
+            quarantined_now, reinstated_now = events.quarantined, events.reinstated
         active_N = exp.trust.active_N
-        f_eff = self.f_budget(active_N)
         weights = self.trust_weights(use_N)
-        if exp.trust.weighted:
-            rec["weights"] = [round(float(v), 4) for v in exp.trust.weights_N()[use_N]]
         with timer("aggregate"):
-            result, f_eff = self._aggregate(updates_ND[use_N], f_eff, weights)
-        if result is None:
-            rec["skipped_update"] = "no trusted row to aggregate"
+            result, f_eff = self._aggregate(updates_ND[use_N], self.f_budget(active_N), weights)
         with timer("schedule"):
-            moves = exp.scheduler.reassign(active_N, round_idx=r)
-        if moves:
-            rec["reassignments"] = [m.to_dict() for m in moves]
-            self.reassignments += rec["reassignments"]
+            moves = [m.to_dict() for m in exp.scheduler.reassign(active_N, round_idx=r)]
+        self.reassignments += moves
         self.tracker.record(
             r,
             flags_N=positive_N,
@@ -184,15 +176,23 @@ class RoundLoop:
             recomputations=recomputations,
             verify_seconds=verify_s,
         )
-        rec["num_active"] = int(active_N.sum())
-        rec["num_aggregated"] = int(use_N.sum())
-        rec["f_eff"] = f_eff
-        if exp.security is not None:
-            rec["trust"] = [round(float(s), 4) for s in exp.trust.scores]
-            rec["quarantined"] = torch.nonzero(exp.trust.quarantined_N).flatten().tolist()
-        if result is not None and result.info:
-            rec["aggregator"] = result.info
-        return rec
+        secured = exp.security is not None
+        return CoordinatorRecord(
+            num_active=int(active_N.sum()),
+            num_aggregated=int(use_N.sum()),
+            f_eff=f_eff,
+            security=sec_rec,
+            quarantined_now=quarantined_now,
+            reinstated_now=reinstated_now,
+            weights=[round(float(v), 4) for v in exp.trust.weights_N()[use_N]]
+            if exp.trust.weighted
+            else None,
+            skipped_update="no trusted row to aggregate" if result is None else None,
+            reassignments=moves,
+            trust=[round(float(s), 4) for s in exp.trust.scores] if secured else None,
+            quarantined=torch.nonzero(exp.trust.quarantined_N).flatten().tolist() if secured else None,
+            aggregator=result.info if result is not None else None,
+        )
 
     def _aggregate(
         self, rows_MD: Tensor, f: int, weights_M: Tensor | None = None
@@ -264,7 +264,7 @@ class RoundLoop:
         if self.coordinator:
             assert updates_ND is not None and losses_N is not None
             rec["loss"] = float(losses_N.mean())
-            rec.update(self._coordinate(r, updates_ND, assignment, tampered, timer))
+            rec.update(self._coordinate(r, updates_ND, assignment, tampered, timer).to_dict())
         with timer("broadcast"):
             comm.broadcast(self.agg_D)
             # every rank must know who holds which shard next round

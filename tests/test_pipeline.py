@@ -438,3 +438,31 @@ def test_the_python_facade_takes_the_pipeline_layout() -> None:
     assert t.config.distributed.layout_numbers() == (2, 3, 1) and t.config.distributed.schedule == "gpipe"
     with pytest.raises(ConfigError, match="must equal replicas x num_stages"):
         DistributedTrainer(model_name="cnn", num_nodes=8, parallelism="hybrid", num_stages=3, replicas=2)
+
+
+@pytest.mark.distributed
+def test_hybrid_over_three_processes_matches_the_simulated_one(tmp_path: Path) -> None:
+    """2 replicas x 3 stages + 1 spare on 3 ranks (nodes 0-2, 3-5, 6): stage rows are reduced over
+    each stage's sub-group (its holders' ranks and the coordinator), the spare's rank holds nothing."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "hybrid.yaml"
+    cfg.write_text(
+        "seed: 0\nmodel: {name: cnn}\ndata: {name: digits}\n"
+        "training: {batch_size: 16, max_rounds: 4, learning_rate: 0.05, eval_every: 4}\n"
+        "distributed: {num_nodes: 7, parallelism: hybrid, num_stages: 3, replicas: 2, spares: 1}\n"
+        "output: {progress: false, plots: false}\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3"]
+    for name, prefix in (("sim", [sys.executable]), ("dist", launch)):
+        cmd = [*prefix, "-m", "trustworthy_dl", "run", str(cfg), "--quiet", "--out", str(tmp_path / name)]
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    sim, dist = (
+        [json.loads(x)["loss"] for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
+        for n in ("sim", "dist")
+    )
+    assert len(dist) == 4 and dist == pytest.approx(sim, rel=1e-5, abs=1e-6)

@@ -7,6 +7,8 @@ The round loop never branches on the backend; it calls this small interface:
 * ``broadcast``: send a tensor from the coordinator to every process, in place;
 * ``reduce_sum``: sum a tensor over the processes onto the coordinator (pipelines: each rank
   fills the rows of the stages it holds, zeros elsewhere, so the sum is a gather);
+* ``subgroup``: a process sub-group (the ranks holding one stage: a stage group's rows are
+  reduced over them and the coordinator only);
 * ``isend`` / ``recv``: point-to-point messages between the ranks holding neighbouring pipeline
   stages (activations forward, activation-gradients backward), tagged per micro-batch.
 
@@ -69,9 +71,15 @@ class Comm(ABC):
         """The process hosting ``node``."""
         return node // self.rows_per_rank
 
-    def reduce_sum(self, tensor: Tensor) -> Tensor:
-        """Sum ``tensor`` over the processes into the coordinator's copy (in place); returns it."""
+    def reduce_sum(self, tensor: Tensor, group: object = None) -> Tensor:
+        """Sum ``tensor`` over the processes (of ``group``, default all) into the coordinator's copy
+        (in place); returns it. A rank outside ``group`` leaves its tensor alone."""
         return tensor
+
+    def subgroup(self, ranks: list[int]) -> object:
+        """A process sub-group over ``ranks`` (those holding one stage, or one replica), made once
+        and cached. Every process must ask for the same sub-groups in the same order."""
+        return None
 
     def isend(self, tensor: Tensor, dst: int, tag: int) -> object:
         """Start sending ``tensor`` to rank ``dst``; returns a handle with ``wait()``."""
@@ -125,6 +133,8 @@ class TorchComm(Comm):
         self.backend_name = f"torch.distributed/{dist.get_backend()}"
         super().__init__(num_nodes)
         self._gather_bufs: list[Tensor] | None = None
+        self._groups: dict[tuple[int, ...], object] = {}
+        self._group_ranks: dict[object, tuple[int, ...]] = {}
 
     def gather_rows(self, local_RD: Tensor) -> Tensor | None:
         r, d = self.rows_per_rank, local_RD.shape[1]
@@ -155,9 +165,20 @@ class TorchComm(Comm):
         dist.broadcast(tensor, src=0)
         return tensor
 
-    def reduce_sum(self, tensor: Tensor) -> Tensor:
-        dist.reduce(tensor, dst=0, op=dist.ReduceOp.SUM)
+    def reduce_sum(self, tensor: Tensor, group: object = None) -> Tensor:
+        if group is None:
+            dist.reduce(tensor, dst=0, op=dist.ReduceOp.SUM)
+        elif self.rank in self._group_ranks[group]:
+            dist.reduce(tensor, dst=0, op=dist.ReduceOp.SUM, group=group)  # type: ignore[arg-type]
         return tensor
+
+    def subgroup(self, ranks: list[int]) -> object:
+        key = tuple(sorted(set(ranks)))
+        if key not in self._groups:
+            group = dist.new_group(list(key))  # collective: every rank makes every group
+            self._groups[key] = group
+            self._group_ranks[group] = key
+        return self._groups[key]
 
     def isend(self, tensor: Tensor, dst: int, tag: int) -> object:
         return dist.isend(tensor.contiguous(), dst=dst, tag=tag)

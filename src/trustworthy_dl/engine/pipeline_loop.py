@@ -172,8 +172,9 @@ class PipelineLoop(RoundLoop):
         self.samples += exp.sampler.batch_size * M
         loss = sum(p.loss for p in passes) / M
         with timer("gather"):  # each rank holds its stages' rows (zeros elsewhere): the sum is a gather
-            for rows_MD in self.rows:
-                self.comm.reduce_sum(rows_MD)
+            for s, rows_MD in enumerate(self.rows):  # over the stage's holders and the coordinator
+                ranks = [0] + [self.comm.rank_of(holder[pp.unit(m, s)]) for m in range(M)]
+                self.comm.reduce_sum(rows_MD, group=self.comm.subgroup(ranks))
             loss = float(self.comm.reduce_sum(torch.tensor([loss], dtype=torch.float64))[0])
         rec["loss"] = loss
         dropped = torch.zeros(1)

@@ -4,6 +4,9 @@ layout errors, and (slow) Byzantine stages detected, quarantined and migrated.""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,20 @@ from trustworthy_dl.models import get_model
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB, BLOCK = 48, 12
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _cli(prefix: list[str], config: Path, out: Path, *overrides: str) -> None:
+    """``<prefix> -m trustworthy_dl run CONFIG`` in a subprocess, one thread per process."""
+    sets = [a for o in overrides for a in ("--set", o)]
+    cmd = [*prefix, "-m", "trustworthy_dl", "run", str(config), "--quiet", "--out", str(out), *sets]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 # --------------------------------------------------------------------------- schedules
@@ -249,9 +266,9 @@ def test_clean_pipeline_has_no_false_positive_and_matches_across_schedules(tmp_p
     a = _run(tmp_path, "gpipe", distributed={"schedule": "gpipe", "micro_batches": 8}, training=short)
     b = _run(tmp_path, "1f1b", distributed={"schedule": "1f1b", "micro_batches": 8}, training=short)
     assert a["detection"]["fpr"] == 0.0 and a["migrations"]["count"] == 0
-    la = [json.loads(x)["loss"] for x in (tmp_path / "gpipe" / "metrics.jsonl").read_text().splitlines()]
-    lb = [json.loads(x)["loss"] for x in (tmp_path / "1f1b" / "metrics.jsonl").read_text().splitlines()]
-    assert la == lb  # the schedules accumulate in the same order: identical runs
+    assert _losses(tmp_path / "gpipe") == _losses(
+        tmp_path / "1f1b"
+    )  # the schedules accumulate in the same order: identical runs
     assert b["pipeline"]["peak_stashed_micro_batches"] < a["pipeline"]["peak_stashed_micro_batches"]
 
 
@@ -308,10 +325,6 @@ def test_seed_pipeline_config_runs_with_tiny_gpt2(tmp_path: Path) -> None:
 def test_two_stage_pipeline_under_torchrun_matches_the_simulated_one(tmp_path: Path, attack: str) -> None:
     """Stage 0 on rank 0, stage 1 on rank 1: activations and activation-gradients cross the process
     boundary by send/recv (gloo, loopback); a Byzantine stage tampers inside its own process."""
-    import os
-    import subprocess
-    import sys
-
     cfg = tmp_path / "pipe.yaml"
     cfg.write_text(
         "seed: 0\nmodel: {name: cnn}\ndata: {name: digits}\n"
@@ -320,134 +333,24 @@ def test_two_stage_pipeline_under_torchrun_matches_the_simulated_one(tmp_path: P
         f"attack: {{name: {attack}, byzantine_ids: [0], start_round: 2}}\n"
         "output: {progress: false, plots: false}\n"
     )
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    runs = {
-        "sim": [sys.executable, "-m", "trustworthy_dl", "run", str(cfg)],
-        "dist": [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "trustworthy_dl",
-            "run",
-            str(cfg),
-        ],
-    }
-    for name, cmd in runs.items():
-        proc = subprocess.run(
-            [*cmd, "--quiet", "--out", str(tmp_path / name)],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    losses = {
-        name: [json.loads(x)["loss"] for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-        for name in runs
-    }
-    assert len(losses["dist"]) == 6
-    assert losses["dist"] == pytest.approx(losses["sim"], rel=1e-5, abs=1e-6)
+    _cli([sys.executable], cfg, tmp_path / "sim")
+    _cli([*TORCHRUN, "--nproc-per-node", "2"], cfg, tmp_path / "dist")
+    sim, dist = _losses(tmp_path / "sim"), _losses(tmp_path / "dist")
+    assert len(dist) == 6
+    assert dist == pytest.approx(sim, rel=1e-5, abs=1e-6)
     summary = json.loads((tmp_path / "dist" / "summary.json").read_text())
     assert summary["backend"] == "torch.distributed/gloo" and summary["processes"] == 2
     if attack != "none":  # the tampering happened (inside rank 0): the run left the clean trajectory
-        proc = subprocess.run(
-            [*runs["sim"], "--quiet", "--out", str(tmp_path / "clean"), "--set", "attack.name=none"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        clean = [
-            json.loads(x)["loss"] for x in (tmp_path / "clean" / "metrics.jsonl").read_text().splitlines()
-        ]
-        assert clean[:2] == pytest.approx(losses["dist"][:2])
-        assert all(abs(a - b) > 1e-4 for a, b in zip(clean[3:], losses["dist"][3:]))
-
-
-def test_stages_can_be_balanced_by_measured_block_time() -> None:
-    from trustworthy_dl.models.stages import block_times, split_into_stages
-
-    model, x, _, _ = _model_and_batch("resnet20")
-    times = block_times(model, x[:2], reps=1)
-    assert len(times) == len(list(model)) and all(t > 0 for t in times)
-    # weights that make the last block cost as much as all the others: it gets a stage of its own
-    weights = [1.0] * (len(times) - 1) + [float(len(times) - 1)]
-    stages = split_into_stages(model, 2, block_weights=weights)
-    assert len(stages[1]) == 1
-    with pytest.raises(ConfigError, match="block weights"):
-        split_into_stages(model, 2, block_weights=[1.0])
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("weighted", [False, True])
-def test_hybrid_stage_groups_run_stage_one_statistics_and_verification(
-    tmp_path: Path, weighted: bool
-) -> None:
-    """With 4 replicas each stage group has 4 rows: stage-1 statistics flag rows, the stage-2
-    verifier re-computes the flagged ones and only the Byzantine holder is confirmed (also with
-    each row weighted by its holder's trust)."""
-    s = _run(
-        tmp_path,
-        "h4",
-        model={"name": "cnn", "size": None},
-        data={"name": "digits"},
-        training={"batch_size": 16, "max_rounds": 14, "optimizer": "sgd", "learning_rate": 0.05},
-        distributed={"num_nodes": 9, "parallelism": "hybrid", "num_stages": 2, "replicas": 4, "spares": 1},
-        attack={"name": "gaussian", "byzantine_ids": [3], "start_round": 8},
-        aggregation={"name": "mean" if weighted else "median"},
-        security={"spot_check_fraction": 0.0},
-        trust={"weighted_aggregation": weighted},
-    )
-    assert s["detection"]["latency_rounds"] == {"3": 2} and s["detection"]["false_quarantines"] == 0
-    assert [(e["from"], e["to"]) for e in s["migrations"]["events"]] == [(3, 8)]
-    records = [json.loads(x) for x in (tmp_path / "h4" / "metrics.jsonl").read_text().splitlines()]
-    reasons = [r["stages"][1].get("verified", {}) for r in records[8:10]]
-    assert all(
-        v.get("1") == "flagged" for v in reasons
-    )  # replica 1's stage-1 row (node 3), flagged by statistics
-
-
-def test_launching_a_defended_pipeline_is_refused_before_any_process_starts(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    from trustworthy_dl.cli import main
-
-    assert main(["launch", "-n", "2", str(REPO / "configs" / "gpt2_pipeline.yaml")]) == 2
-    assert "runs undefended for now" in capsys.readouterr().err
-
-
-def test_the_python_facade_takes_the_pipeline_layout() -> None:
-    from trustworthy_dl import DistributedTrainer
-
-    t = DistributedTrainer(
-        model_name="cnn",
-        num_nodes=7,
-        parallelism="hybrid",
-        num_stages=3,
-        replicas=2,
-        spares=1,
-        schedule="gpipe",
-    )
-    assert t.config.distributed.layout_numbers() == (2, 3, 1) and t.config.distributed.schedule == "gpipe"
-    with pytest.raises(ConfigError, match="must equal replicas x num_stages"):
-        DistributedTrainer(model_name="cnn", num_nodes=8, parallelism="hybrid", num_stages=3, replicas=2)
+        _cli([sys.executable], cfg, tmp_path / "clean", "attack.name=none")
+        clean = _losses(tmp_path / "clean")
+        assert clean[:2] == pytest.approx(dist[:2])
+        assert all(abs(a - b) > 1e-4 for a, b in zip(clean[3:], dist[3:]))
 
 
 @pytest.mark.distributed
 def test_hybrid_over_three_processes_matches_the_simulated_one(tmp_path: Path) -> None:
     """2 replicas x 3 stages + 1 spare on 3 ranks (nodes 0-2, 3-5, 6): stage rows are reduced over
     each stage's sub-group (its holders' ranks and the coordinator), the spare's rank holds nothing."""
-    import os
-    import subprocess
-    import sys
-
     cfg = tmp_path / "hybrid.yaml"
     cfg.write_text(
         "seed: 0\nmodel: {name: cnn}\ndata: {name: digits}\n"
@@ -455,14 +358,7 @@ def test_hybrid_over_three_processes_matches_the_simulated_one(tmp_path: Path) -
         "distributed: {num_nodes: 7, parallelism: hybrid, num_stages: 3, replicas: 2, spares: 1}\n"
         "output: {progress: false, plots: false}\n"
     )
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3"]
-    for name, prefix in (("sim", [sys.executable]), ("dist", launch)):
-        cmd = [*prefix, "-m", "trustworthy_dl", "run", str(cfg), "--quiet", "--out", str(tmp_path / name)]
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    sim, dist = (
-        [json.loads(x)["loss"] for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
-        for n in ("sim", "dist")
-    )
+    _cli([sys.executable], cfg, tmp_path / "sim")
+    _cli([*TORCHRUN, "--nproc-per-node", "3"], cfg, tmp_path / "dist")
+    sim, dist = _losses(tmp_path / "sim"), _losses(tmp_path / "dist")
     assert len(dist) == 4 and dist == pytest.approx(sim, rel=1e-5, abs=1e-6)

@@ -104,8 +104,9 @@ class StageTransport:
     ``ranks[s]`` is the rank of stage s's holder. A message between two stages on the same rank
     is handed over directly; across ranks it is an ``isend`` / ``recv`` tagged by (direction,
     stage, micro-batch), so a receiver never takes one message for another. Only tensors travel;
-    their shape and dtype are fixed by the protocol (the receiver allocates them), and a received
-    tensor with NaN / Inf is rejected like any bad message.
+    their shape and dtype are fixed by the protocol (the receiver allocates them). A received
+    tensor with NaN / Inf stops the run with a NodeMessageError naming the two stages: across
+    processes there is no verifier yet to re-compute the sender's stage in its place.
     """
 
     def __init__(self, comm: Any, ranks: list[int]) -> None:
@@ -301,7 +302,7 @@ class StageRunner:
                         why = check_message(sent_g, g_x)
                         if why is not None:
                             rejected.append((s, k, why))
-                            honest_g = self.recompute(s, hop)[1]
+                            honest_g = self.recompute_messages(s, hop)[1]  # no parameter gradient needed
                             assert honest_g is not None
                             sent_g = honest_g
                         if local[s - 1]:

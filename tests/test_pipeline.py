@@ -362,3 +362,72 @@ def test_hybrid_over_three_processes_matches_the_simulated_one(tmp_path: Path) -
     _cli([*TORCHRUN, "--nproc-per-node", "3"], cfg, tmp_path / "dist")
     sim, dist = _losses(tmp_path / "sim"), _losses(tmp_path / "dist")
     assert len(dist) == 4 and dist == pytest.approx(sim, rel=1e-5, abs=1e-6)
+
+
+def test_stages_can_be_balanced_by_measured_block_time() -> None:
+    from trustworthy_dl.models.stages import block_times, split_into_stages
+
+    model, x, _, _ = _model_and_batch("resnet20")
+    times = block_times(model, x[:2], reps=1)
+    assert len(times) == len(list(model)) and all(t > 0 for t in times)
+    # weights that make the last block cost as much as all the others: it gets a stage of its own
+    weights = [1.0] * (len(times) - 1) + [float(len(times) - 1)]
+    stages = split_into_stages(model, 2, block_weights=weights)
+    assert len(stages[1]) == 1
+    with pytest.raises(ConfigError, match="block weights"):
+        split_into_stages(model, 2, block_weights=[1.0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weighted", [False, True])
+def test_hybrid_stage_groups_run_stage_one_statistics_and_verification(
+    tmp_path: Path, weighted: bool
+) -> None:
+    """With 4 replicas each stage group has 4 rows: stage-1 statistics flag rows, the stage-2
+    verifier re-computes the flagged ones and only the Byzantine holder is confirmed (also with
+    each row weighted by its holder's trust)."""
+    s = _run(
+        tmp_path,
+        "h4",
+        model={"name": "cnn", "size": None},
+        data={"name": "digits"},
+        training={"batch_size": 16, "max_rounds": 14, "optimizer": "sgd", "learning_rate": 0.05},
+        distributed={"num_nodes": 9, "parallelism": "hybrid", "num_stages": 2, "replicas": 4, "spares": 1},
+        attack={"name": "gaussian", "byzantine_ids": [3], "start_round": 8},
+        aggregation={"name": "mean" if weighted else "median"},
+        security={"spot_check_fraction": 0.0},
+        trust={"weighted_aggregation": weighted},
+    )
+    assert s["detection"]["latency_rounds"] == {"3": 2} and s["detection"]["false_quarantines"] == 0
+    assert [(e["from"], e["to"]) for e in s["migrations"]["events"]] == [(3, 8)]
+    records = [json.loads(x) for x in (tmp_path / "h4" / "metrics.jsonl").read_text().splitlines()]
+    reasons = [r["stages"][1].get("verified", {}) for r in records[8:10]]
+    assert all(
+        v.get("1") == "flagged" for v in reasons
+    )  # replica 1's stage-1 row (node 3), flagged by statistics
+
+
+def test_launching_a_defended_pipeline_is_refused_before_any_process_starts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from trustworthy_dl.cli import main
+
+    assert main(["launch", "-n", "2", str(REPO / "configs" / "gpt2_pipeline.yaml")]) == 2
+    assert "runs undefended for now" in capsys.readouterr().err
+
+
+def test_the_python_facade_takes_the_pipeline_layout() -> None:
+    from trustworthy_dl import DistributedTrainer
+
+    t = DistributedTrainer(
+        model_name="cnn",
+        num_nodes=7,
+        parallelism="hybrid",
+        num_stages=3,
+        replicas=2,
+        spares=1,
+        schedule="gpipe",
+    )
+    assert t.config.distributed.layout_numbers() == (2, 3, 1) and t.config.distributed.schedule == "gpipe"
+    with pytest.raises(ConfigError, match="must equal replicas x num_stages"):
+        DistributedTrainer(model_name="cnn", num_nodes=8, parallelism="hybrid", num_stages=3, replicas=2)

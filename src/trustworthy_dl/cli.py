@@ -53,6 +53,15 @@ def _parser() -> argparse.ArgumentParser:
 
     launch = sub.add_parser("launch", help="run with one process per rank under torchrun (gloo on CPU)")
     launch.add_argument("-n", "--nproc", type=int, default=2, help="processes on this machine")
+    launch.add_argument("--nnodes", type=int, default=1, help="machines taking part (torchrun --nnodes)")
+    launch.add_argument("--node-rank", type=int, default=0, help="this machine's rank, 0..nnodes-1")
+    launch.add_argument("--master-addr", help="address of the machine with node rank 0 (nnodes > 1)")
+    launch.add_argument("--master-port", type=int, default=29500, help="its rendezvous port")
+    launch.add_argument(
+        "--max-restarts",
+        type=int,
+        help="torchrun restarts after a rank dies (default: distributed.max_restarts)",
+    )
     config_args(launch)
     launch.add_argument("--out", help="output directory")
     launch.add_argument("--resume", metavar="RUN_DIR", help="continue the unfinished run in RUN_DIR")
@@ -125,12 +134,29 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         from trustworthy_dl.engine.pipeline_setup import check_processes
 
         check_processes(cfg, multi_process=True)
+    if args.nnodes < 1 or not 0 <= args.node_rank < args.nnodes:
+        raise TdlError(f"--node-rank must be in 0..{args.nnodes - 1}, got {args.node_rank}")
+    if args.nnodes > 1 and not args.master_addr:
+        raise TdlError("--nnodes > 1 needs --master-addr (the address of the machine with --node-rank 0)")
+    restarts = cfg.distributed.max_restarts if args.max_restarts is None else args.max_restarts
+    if restarts < 0:
+        raise TdlError(f"--max-restarts must be >= 0, got {restarts}")
+    if args.nnodes > 1:
+        where = [
+            f"--nnodes={args.nnodes}",
+            f"--node-rank={args.node_rank}",
+            f"--master-addr={args.master_addr}",
+            f"--master-port={args.master_port}",
+        ]
+    else:
+        where = ["--standalone"]
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
+        *where,
         f"--nproc-per-node={args.nproc}",
+        f"--max-restarts={restarts}",
         "-m",
         "trustworthy_dl",
         "run",
@@ -139,10 +165,10 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         cmd.append(args.config)
     for o in args.overrides:
         cmd += ["--set", o]
-    if args.out:
-        cmd += ["--out", args.out]
     if args.resume:
         cmd += ["--resume", args.resume]
+    else:  # one directory for every attempt: a restarted group resumes the run in it
+        cmd += ["--out", str(args.out or cfg.resolved_output_dir())]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     return subprocess.call(cmd, env=env)
 

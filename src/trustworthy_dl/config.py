@@ -23,6 +23,7 @@ __all__ = [
     "Config",
     "DataConfig",
     "DistributedConfig",
+    "FaultConfig",
     "ModelConfig",
     "OutputConfig",
     "PrivacyConfig",
@@ -142,6 +143,17 @@ class DistributedConfig(_Section):
     )
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
+    round_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="torchrun: seconds the coordinator waits for a rank's rows; a later row is missing "
+        "for the round (None: wait, a dead rank still ends the wait).",
+    )
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        description="tdl launch: torchrun restarts after a rank dies; the run resumes from its checkpoint.",
+    )
 
     def layout_numbers(self, max_stages: int | None = None) -> tuple[int, int, int]:
         """(M replicas, S stages, spares) of this layout (see :func:`trustworthy_dl.engine.layout.layout_numbers`)."""
@@ -162,6 +174,11 @@ class AttackConfig(_Section):
     )
     every: int = Field(1, ge=1, description="Attack every k-th round from start_round (intermittent).")
     collude: bool = Field(True, description="Byzantine nodes send one shared vector.")
+    knowledge: Literal["full", "colluders"] = Field(
+        "full",
+        description="What omniscient attacks see: every node's honest update (full: an eavesdropper "
+        "on the network) or only the colluding Byzantine nodes' own (colluders: ALIE's setting).",
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="Attack hyperparameters.")
     also: list[AttackConfig] = Field(
         default_factory=list,
@@ -287,6 +304,28 @@ class TrustConfig(_Section):
     )
 
 
+class FaultConfig(_Section):
+    """One injected fault: ``{kind: crash | silent | straggler, node: 3, round: 40, delay_s: 2.0}``."""
+
+    kind: Literal["crash", "silent", "straggler"]
+    node: int = Field(ge=0)
+    round: int = Field(ge=0, description="The round the fault starts in.")
+    rounds: int | None = Field(
+        None, ge=1, description="Rounds the node stays out (crash: None = the rest of the run; silent: 1)."
+    )
+    delay_s: float | None = Field(None, gt=0, description="straggler: seconds its row arrives late.")
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> FaultConfig:
+        if (self.kind == "straggler") != (self.delay_s is not None):
+            raise ValueError(
+                f"fault {self.kind} on node {self.node}: delay_s is for (and needed by) stragglers"
+            )
+        if self.kind == "straggler" and self.rounds not in (None, 1):
+            raise ValueError(f"fault straggler on node {self.node}: a straggler is late for one round")
+        return self
+
+
 class PrivacyConfig(_Section):
     enabled: bool = Field(False, description="Node-side DP / sparsification (not implemented yet).")
 
@@ -314,6 +353,9 @@ class Config(_Section):
     trust: TrustConfig = Field(default_factory=TrustConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    faults: list[FaultConfig] = Field(
+        default_factory=list, description="Injected crashes, silences, stragglers."
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> Config:
@@ -345,6 +387,11 @@ class Config(_Section):
                     f"attack {att.name!r} tampers with a pipeline stage: it needs "
                     "distributed.parallelism=model or hybrid"
                 )
+        for fault in self.faults:
+            if fault.node >= n:
+                raise ValueError(f"faults: node {fault.node} out of range for distributed.num_nodes={n}")
+            if self.distributed.parallelism != "data":
+                raise ValueError("faults: injected faults are modelled in data-parallel runs only (for now)")
         if self.num_byzantine >= n:
             raise ValueError(f"attack.num_byzantine={self.num_byzantine} must be < distributed.num_nodes={n}")
         import torch

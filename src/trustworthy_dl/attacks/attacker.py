@@ -1,4 +1,4 @@
-"""AdversarialAttacker: who is Byzantine, when they attack, and what they send (simulation only).
+"""AdversarialAttacker: who is Byzantine, when they attack, and what they send.
 
 Legend: N nodes, B Byzantine nodes, H honest nodes, D flat parameters.
 
@@ -15,6 +15,12 @@ How the Byzantine rows are made in an active round (``corrupt``):
   with ``collude: false`` each node attacks from its own honest row with its own draw;
 * data attacks poison the Byzantine nodes' batches (``corrupt_batch``); ``corrupt`` then only
   applies their model-replacement ``boost`` to the Byzantine rows.
+
+Each Byzantine node acts in the process that hosts it (``corrupt_local``), before anything is
+sent: the coordinator only sees what the node sent. What an attack needs from other nodes comes
+through ``attacks/coalition.py``: with ``knowledge: colluders`` the Byzantine processes exchange
+their own honest rows in a process sub-group (ALIE's setting); with ``knowledge: full`` they also
+see every honest node's row (an eavesdropper on the network).
 """
 
 from __future__ import annotations
@@ -128,66 +134,136 @@ class AdversarialAttacker:
 
     # ------------------------------------------------------------------ acting
 
+    @property
+    def knowledge(self) -> str:
+        """What an omniscient attack sees: "full" (every honest row) or "colluders" (their own)."""
+        return str(getattr(self.cfg, "knowledge", "full"))
+
+    def needs_view(self, round: int) -> str:
+        """What the Byzantine nodes must see this round before they send: "all" rows (full
+        knowledge), the Byzantine nodes' own honest rows ("byzantine"), or "none" (each node
+        attacks from its own row)."""
+        if not self.active(round) or not isinstance(self.attack, UpdateAttack):
+            return "none"
+        if self.attack.knowledge == "omniscient":
+            return "all" if self.knowledge == "full" else "byzantine"
+        return "byzantine" if self.cfg.collude and self.num_byzantine > 1 else "none"
+
     def corrupt(
         self, updates_ND: Tensor, *, round: int, aggregator: Callable[..., Any] | None = None
     ) -> Tensor:
         """The round's updates with the Byzantine rows replaced (a new tensor; the input is not modified).
 
-        Returns ``updates_ND`` itself when nothing changes (no attack, inactive round, data attack
+        The coordinator-side form of :meth:`corrupt_local` (every node in one place). Returns
+        ``updates_ND`` itself when nothing changes (no attack, inactive round, data attack
         without boost). ``aggregator`` is the one in use; optimal attacks need it.
         """
         if not self.active(round) or isinstance(self.attack, StageAttack):
             return updates_ND
         if updates_ND.dim() != 2 or updates_ND.shape[0] != self.num_nodes:
             raise ValueError(f"updates must be ({self.num_nodes}, D), got {tuple(updates_ND.shape)}")
-        ids = torch.tensor(self.byzantine_ids, dtype=torch.long, device=updates_ND.device)
+        if isinstance(self.attack, DataAttack) and self.attack.boost == 1.0:
+            return updates_ND
+        out = updates_ND.clone()
+        self.corrupt_local(
+            out,
+            local_nodes=range(self.num_nodes),
+            view_KD=updates_ND,
+            view_ids=list(range(self.num_nodes)),
+            round=round,
+            aggregator=aggregator,
+        )
+        return out
+
+    def corrupt_local(
+        self,
+        local_RD: Tensor,
+        *,
+        local_nodes: range,
+        view_KD: Tensor | None,
+        view_ids: list[int],
+        round: int,
+        aggregator: Callable[..., Any] | None = None,
+    ) -> None:
+        """Node-side attack: overwrite the rows of this process's Byzantine nodes in ``local_RD``.
+
+        ``local_RD`` holds the honest rows of ``local_nodes`` (in that order). ``view_KD`` holds
+        what the coalition exchanged (:meth:`needs_view`): the honest rows of nodes ``view_ids`` in
+        node order (every node with full knowledge, the Byzantine nodes' own with "colluders");
+        None when nothing was exchanged. A Byzantine node acts only on its own row.
+        """
+        if not self.active(round) or isinstance(self.attack, StageAttack):
+            return
+        mine = [(i, node) for i, node in enumerate(local_nodes) if node in self._byz]
+        if not mine:
+            return
         attack = self.attack
         if isinstance(attack, DataAttack):
-            if attack.boost == 1.0:
-                return updates_ND
-            out = updates_ND.clone()
-            out[ids] = model_replacement(updates_ND.index_select(0, ids), boost=attack.boost)
-            return out
+            if attack.boost != 1.0:
+                for i, _ in mine:
+                    local_RD[i] = model_replacement(local_RD[i], boost=attack.boost)
+            return
         assert attack is not None
-        b, device = self.num_byzantine, updates_ND.device
-        ctx = AttackContext(
-            honest_ND=updates_ND,
-            aggregator=None
-            if aggregator is None
-            else _InNodeOrder(aggregator, self.byzantine_ids, self.num_nodes),
-            round=round,
-            num_nodes=self.num_nodes,
-            byzantine_ids=tuple(self.byzantine_ids),
-        )
+        b, device = self.num_byzantine, local_RD.device
+        need = self.needs_view(round)
+        if need == "none":
+            if attack.knowledge == "omniscient" or self.cfg.collude:  # one Byzantine node: its own row
+                g = self.generator(round, _COALITION, device)
+                row = attack(local_RD[mine[0][0] : mine[0][0] + 1].clone(), num_byzantine=1, generator=g)
+                local_RD[mine[0][0]] = row[0].to(local_RD.dtype)
+                return
+            for i, node in mine:
+                row = attack(
+                    local_RD[i : i + 1].clone(),
+                    num_byzantine=1,
+                    generator=self.generator(round, node, device),
+                )
+                local_RD[i] = row[0].to(local_RD.dtype)
+            return
+        if view_KD is None or view_KD.shape[0] != len(view_ids):
+            raise RuntimeError(
+                f"attack {self.name!r} needs the coalition's view ({need}) but none was exchanged"
+            )
+        pos = {node: k for k, node in enumerate(view_ids)}
+        missing = [n for n in self.byzantine_ids if n not in pos]
+        if missing:
+            raise RuntimeError(f"the coalition's view lacks Byzantine nodes {missing}")
+        ids = torch.tensor([pos[n] for n in self.byzantine_ids], dtype=torch.long, device=view_KD.device)
+        g = self.generator(round, _COALITION, device)
         if attack.knowledge == "omniscient":
-            honest_HD = ctx.honest_HD
-            assert honest_HD is not None
-            g = self.generator(round, _COALITION, device)
+            if need == "all":
+                ctx = AttackContext(
+                    honest_ND=view_KD,
+                    aggregator=None
+                    if aggregator is None
+                    else _InNodeOrder(aggregator, self.byzantine_ids, self.num_nodes),
+                    round=round,
+                    num_nodes=self.num_nodes,
+                    byzantine_ids=tuple(self.byzantine_ids),
+                )
+                honest_HD = ctx.honest_HD
+                assert honest_HD is not None
+            else:  # ALIE's setting: statistics of the colluders' own honest rows
+                honest_HD = view_KD.index_select(0, ids)
+                ctx = AttackContext(
+                    honest_ND=honest_HD, aggregator=aggregator, round=round, num_nodes=self.num_nodes
+                )
             byz_BD = attack(honest_HD, num_byzantine=b, generator=g, context=ctx)
         else:
-            own_BD = updates_ND.index_select(0, ids)
-            if self.cfg.collude:
-                g = self.generator(round, _COALITION, device)
-                shared = attack(own_BD.mean(0, keepdim=True), num_byzantine=1, generator=g, context=ctx)
-                byz_BD = shared.expand(b, -1)
-            else:
-                rows = [
-                    attack(
-                        own_BD[i : i + 1],
-                        num_byzantine=1,
-                        generator=self.generator(round, node, device),
-                        context=ctx,
-                    )
-                    for i, node in enumerate(self.byzantine_ids)
-                ]
-                byz_BD = torch.cat(rows)
-        if byz_BD.shape != (b, updates_ND.shape[1]):
-            raise RuntimeError(
-                f"attack {self.name!r} returned shape {tuple(byz_BD.shape)}, expected {(b, updates_ND.shape[1])}"
+            ctx = AttackContext(
+                round=round, num_nodes=self.num_nodes, byzantine_ids=tuple(self.byzantine_ids)
             )
-        out = updates_ND.clone()
-        out[ids] = byz_BD.to(out.dtype)
-        return out
+            own_BD = view_KD.index_select(0, ids)
+            byz_BD = attack(own_BD.mean(0, keepdim=True), num_byzantine=1, generator=g, context=ctx).expand(
+                b, -1
+            )
+        if byz_BD.shape != (b, local_RD.shape[1]):
+            raise RuntimeError(
+                f"attack {self.name!r} returned shape {tuple(byz_BD.shape)}, expected {(b, local_RD.shape[1])}"
+            )
+        slot = {node: k for k, node in enumerate(self.byzantine_ids)}
+        for i, node in mine:
+            local_RD[i] = byz_BD[slot[node]].to(local_RD.dtype)
 
     def corrupt_batch(
         self, node: int, x: Tensor, y: Tensor, *, round: int, num_classes: int

@@ -98,6 +98,7 @@ def save_checkpoint(loop: RoundLoop, path: Path, *, next_round: int, wall_s: flo
             "samples": loop.samples,
             "time_split": dict(loop.totals.split),
             "reassignments": json.dumps(loop.reassignments),
+            "faults": json.dumps(loop.faults.state_dict()),
             "wall_s": wall_s,
         },
         "rng": torch.get_rng_state(),
@@ -161,6 +162,7 @@ def restore(loop: RoundLoop, state: dict[str, Any]) -> int:
     loop.samples = int(state["loop"]["samples"])
     loop.totals.split.update({k: float(v) for k, v in state["loop"]["time_split"].items()})
     loop.reassignments = json.loads(state["loop"]["reassignments"])
+    loop.faults.load_state_dict(json.loads(state["loop"].get("faults", "{}")))
     torch.set_rng_state(state["rng"])
     loop.load_extra_state(state.get("extra", {}))
     return int(state["next_round"])

@@ -3,6 +3,8 @@
 The round loop never branches on the backend; it calls this small interface:
 
 * ``local_nodes``: the node ids this process computes for (all of them when simulated);
+* ``exchange`` / ``send_down``: a data-parallel round's rows up to the coordinator with a deadline
+  and a presence mask (missing rows: crashed, silent or late nodes), its results back down;
 * ``gather_rows``: stack every node's row on the coordinator (rank 0), ``None`` elsewhere;
 * ``broadcast``: send a tensor from the coordinator to every process, in place;
 * ``reduce_sum``: sum a tensor over the processes onto the coordinator (pipelines: each rank
@@ -28,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from trustworthy_dl.engine.star_exchange import RoundRows, StarExchange
 from trustworthy_dl.errors import ConfigError, NodeMessageError
 
 __all__ = ["Comm", "SimComm", "TorchComm", "make_comm"]
@@ -81,6 +84,11 @@ class Comm(ABC):
         and cached. Every process must ask for the same sub-groups in the same order."""
         return None
 
+    def all_gather_rows(self, local_RD: Tensor, ranks: list[int]) -> Tensor:
+        """The rows of every node hosted by ``ranks`` (ascending), stacked, on each of those ranks
+        (the colluders' exchange). One process: its own rows."""
+        return local_RD
+
     def isend(self, tensor: Tensor, dst: int, tag: int) -> object:
         """Start sending ``tensor`` to rank ``dst``; returns a handle with ``wait()``."""
         raise RuntimeError(f"{type(self).__name__} hosts every node: there is no rank {dst} to send to")
@@ -88,6 +96,16 @@ class Comm(ABC):
     def recv(self, tensor: Tensor, src: int, tag: int) -> Tensor:
         """Receive into ``tensor`` (its shape and dtype are the protocol's) from rank ``src``."""
         raise RuntimeError(f"{type(self).__name__} hosts every node: there is no rank {src} to receive from")
+
+    @abstractmethod
+    def exchange(
+        self, local_RD: Tensor, meta_RK: Tensor, round: int, timeout_s: float | None
+    ) -> RoundRows | None:
+        """Every node's row and meta (column 0: present) on the coordinator, absent rows zeroed
+        and marked in ``present_N``; None elsewhere. Waits at most ``timeout_s`` for other ranks."""
+
+    def send_down(self, tensors: list[Tensor], round: int) -> None:
+        """The coordinator's round results to every process, in place (no-op in one process)."""
 
     @abstractmethod
     def gather_rows(self, local_RD: Tensor) -> Tensor | None:
@@ -106,6 +124,14 @@ class Comm(ABC):
 
 class SimComm(Comm):
     """All N nodes live in this process; collectives are identities."""
+
+    def exchange(self, local_RD: Tensor, meta_RK: Tensor, round: int, timeout_s: float | None) -> RoundRows:
+        if local_RD.shape[0] != self.num_nodes or meta_RK.shape[0] != self.num_nodes:
+            raise NodeMessageError(f"expected {self.num_nodes} rows, got {local_RD.shape[0]}")
+        present_N = meta_RK[:, 0] > 0.5
+        if not bool(present_N.all()):
+            local_RD[~present_N] = 0
+        return RoundRows(local_RD, meta_RK, present_N)
 
     def gather_rows(self, local_RD: Tensor) -> Tensor:
         if local_RD.shape[0] != self.num_nodes:
@@ -135,6 +161,20 @@ class TorchComm(Comm):
         self._gather_bufs: list[Tensor] | None = None
         self._groups: dict[tuple[int, ...], object] = {}
         self._group_ranks: dict[object, tuple[int, ...]] = {}
+        self._star = StarExchange(self.rank, self.world_size, self.rows_per_rank, num_nodes)
+
+    def exchange(
+        self, local_RD: Tensor, meta_RK: Tensor, round: int, timeout_s: float | None
+    ) -> RoundRows | None:
+        n_local = len(self.local_nodes)
+        if local_RD.shape[0] != n_local or meta_RK.shape[0] != n_local:
+            raise NodeMessageError(
+                f"rank {self.rank}: expected {n_local} local rows, got {local_RD.shape[0]}"
+            )
+        return self._star.gather(local_RD, meta_RK, round, timeout_s)
+
+    def send_down(self, tensors: list[Tensor], round: int) -> None:
+        self._star.send_down(tensors, round)
 
     def gather_rows(self, local_RD: Tensor) -> Tensor | None:
         r, d = self.rows_per_rank, local_RD.shape[1]
@@ -179,6 +219,16 @@ class TorchComm(Comm):
             self._groups[key] = group
             self._group_ranks[group] = key
         return self._groups[key]
+
+    def all_gather_rows(self, local_RD: Tensor, ranks: list[int]) -> Tensor:
+        ranks = sorted(set(ranks))
+        r, d = self.rows_per_rank, local_RD.shape[1]
+        send = torch.zeros(r, d, dtype=local_RD.dtype, device=local_RD.device)
+        send[: local_RD.shape[0]] = local_RD
+        bufs = [torch.empty_like(send) for _ in ranks]
+        group = None if len(ranks) == self.world_size else self.subgroup(ranks)
+        dist.all_gather(bufs, send, group=group)  # type: ignore[arg-type]
+        return torch.cat([b[: len(self.nodes_of(k))] for b, k in zip(bufs, ranks, strict=True)])
 
     def isend(self, tensor: Tensor, dst: int, tag: int) -> object:
         return dist.isend(tensor.contiguous(), dst=dst, tag=tag)

@@ -4,12 +4,15 @@ One round::
 
     assignment = scheduler.assignment()              # node -> data shards
     rows       = computer.compute(local batches)     # each local node's gradient, one row each
-    updates_ND = comm.gather_rows(rows)              # on the coordinator
-    updates_ND = adversary.corrupt(updates_ND)       # Byzantine rows replaced (simulation)
+    rows       = adversary.corrupt_local(rows, view) # a Byzantine node corrupts its own row, in its
+                                                     # process (view: what the colluders exchanged)
+    got        = comm.exchange(rows, meta, timeout)  # rows + presence mask on the coordinator
+    trust.set_presence(got.present_N)                # a missing row: absent this round (not Byzantine)
     verdict    = security.inspect(updates_ND)        # stage 1 statistics, stage 2 re-computation
     trust.update(verdict.evidence_N)                 # scores decay on evidence, recover when clean
-    agg        = aggregator(updates_ND[active])      # robust aggregation over trusted nodes
-    comm.broadcast(agg); optimizer.step(agg)         # every rank applies the same update
+    agg        = aggregator(updates_ND[active])      # robust aggregation over trusted, present nodes
+    comm.send_down(agg, holders, trust view)         # every rank applies the same update
+    optimizer.step(agg)
     scheduler.reassign(trust.quarantined)            # shards of distrusted nodes move
     log.write(record)                                # one JSON record per round
 
@@ -30,14 +33,19 @@ import torch
 from torch import Tensor
 
 from trustworthy_dl.aggregation import AggResult
+from trustworthy_dl.attacks.coalition import coalition_view
 from trustworthy_dl.engine.checkpoint import CHECKPOINT, restore, save_checkpoint
+from trustworthy_dl.engine.fault_log import FaultLog
+from trustworthy_dl.engine.faults import restart_attempt
 from trustworthy_dl.engine.round_record import CoordinatorRecord
 from trustworthy_dl.engine.setup import Experiment, headline
+from trustworthy_dl.engine.star_exchange import RankFailure
 from trustworthy_dl.engine.task import evaluate
 from trustworthy_dl.report.console import RunProgress
 from trustworthy_dl.report.metrics import MetricsLog
 from trustworthy_dl.report.plots import plot_training
 from trustworthy_dl.report.rundir import write_json_atomic
+from trustworthy_dl.report.weights import WEIGHTS_FILE, save_final_weights
 from trustworthy_dl.security.metrics import DetectionTracker
 from trustworthy_dl.security.monitor import ParameterMonitor
 
@@ -95,6 +103,13 @@ class RoundLoop:
         self.prev_D = torch.empty_like(self.agg_D) if exp.security is not None and self.coordinator else None
         self.totals = _Timer()
         self.samples = 0
+        self.faults = FaultLog(exp.faults, self.out_dir)
+        self.restart_note: dict[str, Any] | None = None  # set when this attempt resumed after a dead rank
+        # every rank's view of the trust state (for an optimal attack's probe): sent down each round
+        self.public_active_N = exp.trust.active_N
+        self.public_weights_N = exp.trust.weights_N()
+        # digests of every node's parameter copy travel in the meta columns (torch backend, security on)
+        self.digest_cols = 32 if exp.security is not None and not exp.comm.shares_parameters else 0
 
     def _alloc_rows(self) -> bool:
         """Whether this loop gathers one (D,) row per local node (data parallelism does)."""
@@ -124,16 +139,36 @@ class RoundLoop:
 
         return recompute
 
+    def _attack_local(self, r: int) -> None:
+        """Each local Byzantine node corrupts its own row, after the coalition's exchange."""
+        adv = self.exp.adversary
+        if not adv.active(r):
+            return
+        # an omniscient attacker probes the aggregation as this round will run it: over the nodes
+        # trusted so far, with their f (it cannot know this round's verdict)
+        probe = _RoundAggregation(self, self.public_active_N, self.public_weights_N)
+        view_KD, ids = coalition_view(adv, self.comm, self.local_RD, r)
+        adv.corrupt_local(
+            self.local_RD,
+            local_nodes=self.comm.local_nodes,
+            view_KD=view_KD,
+            view_ids=ids,
+            round=r,
+            aggregator=probe,
+        )
+
     def _coordinate(
-        self, r: int, updates_ND: Tensor, assignment: list[list[int]], tampered: list[int], timer: _Timer
+        self,
+        r: int,
+        updates_ND: Tensor,
+        present_N: Tensor,
+        assignment: list[list[int]],
+        tampered: list[int],
+        timer: _Timer,
     ) -> CoordinatorRecord:
-        """The coordinator's part: attack simulation, security, trust, aggregation, scheduling."""
+        """The coordinator's part: presence, security, trust, aggregation, scheduling."""
         exp = self.exp
-        with timer("attack"):
-            # an omniscient attacker probes the aggregation as this round will run it: over the
-            # nodes trusted so far, with their f (it cannot know this round's verdict)
-            probe = _RoundAggregation(self, exp.trust.active_N.clone()) if exp.adversary.active(r) else None
-            updates_ND = exp.adversary.corrupt(updates_ND, round=r, aggregator=probe)
+        exp.trust.set_presence(present_N)
         n = updates_ND.shape[0]
         positive_N = torch.zeros(n, dtype=torch.bool)
         use_N = exp.trust.active_N
@@ -150,6 +185,7 @@ class RoundLoop:
                     active_N=exp.trust.active_N,
                     recompute=self._recompute(r, assignment),
                     tampered=tampered,
+                    present_N=present_N,
                 )
             positive_N, stage1_N = verdict.positive_N, verdict.flags_N
             recomputations, verify_s = (
@@ -157,7 +193,7 @@ class RoundLoop:
                 float(sec_rec.get("verify_s", 0.0)),
             )
             with timer("trust"):
-                events = exp.trust.update(verdict.evidence_N)
+                events = exp.trust.update(verdict.evidence_N, observed_N=present_N)
             # trusted and not counted against this round: a row caught now never reaches the aggregate
             use_N = verdict.aggregate_mask(exp.trust.active_N)
             quarantined_now, reinstated_now = events.quarantined, events.reinstated
@@ -165,9 +201,11 @@ class RoundLoop:
         weights = self.trust_weights(use_N)
         with timer("aggregate"):
             result, f_eff = self._aggregate(updates_ND[use_N], self.f_budget(active_N), weights)
+        self.samples += exp.sampler.batch_size * sum(len(assignment[i]) for i in range(n) if present_N[i])
         with timer("schedule"):
             moves = [m.to_dict() for m in exp.scheduler.reassign(active_N, round_idx=r)]
         self.reassignments += moves
+        fault_rec = self.faults.observe(r, present_N, moves)
         self.tracker.record(
             r,
             flags_N=positive_N,
@@ -192,6 +230,7 @@ class RoundLoop:
             trust=[round(float(s), 4) for s in exp.trust.scores] if secured else None,
             quarantined=torch.nonzero(exp.trust.quarantined_N).flatten().tolist() if secured else None,
             aggregator=result.info if result is not None else None,
+            faults=fault_rec or None,
         )
 
     def _aggregate(
@@ -216,13 +255,16 @@ class RoundLoop:
         once the attackers are out. :meth:`robust` lowers it further while the rule cannot
         tolerate it for the rows at hand.
         """
-        return max(0, self.exp.aggregator.f - int((~active_N).sum()))
+        quarantined = ~active_N & ~self.exp.trust.absent_N.to(
+            active_N.device
+        )  # absent nodes are not proven Byzantine
+        return max(0, self.exp.aggregator.f - int(quarantined.sum()))
 
-    def trust_weights(self, use_N: Tensor) -> Tensor | None:
+    def trust_weights(self, use_N: Tensor, weights_N: Tensor | None = None) -> Tensor | None:
         """With ``trust.weighted_aggregation``: the used rows' trust scores, summing to 1; else None."""
         if not self.exp.trust.weighted:
             return None
-        w = self.exp.trust.weights_N()[use_N]
+        w = (self.exp.trust.weights_N() if weights_N is None else weights_N)[use_N]
         return w / w.sum() if float(w.sum()) > 0 else None
 
     def robust(
@@ -235,41 +277,74 @@ class RoundLoop:
         f = max(0, min(f, self.exp.aggregator.max_f(rows_MD.shape[0])))  # at none: the rule's own error
         return self.exp.aggregator(rows_MD, weights_M, f=f), f
 
-    def _tampered(self) -> list[int]:
-        """Nodes whose copy of the parameters differs from the coordinator's (torch backend only).
+    def _meta(self, losses_R: Tensor, r: int) -> Tensor:
+        """Per local node, float64: [present, loss, parameter digest (torch backend, security on)].
 
-        Each process sends a digest tensor of its parameter copy for each of its nodes; simulated
-        nodes share the coordinator's parameters, so there is nothing to compare.
+        The loss goes through the rows' dtype first, so the logged mean is the same on every backend.
         """
-        if self.comm.shares_parameters:
+        exp, nodes = self.exp, self.comm.local_nodes
+        meta = torch.zeros(len(nodes), 2 + self.digest_cols, dtype=torch.float64)
+        absent = exp.faults.missing if self.comm.world_size == 1 else exp.faults.reports_absent
+        meta[:, 0] = torch.tensor([0.0 if absent(node, r) else 1.0 for node in nodes], dtype=torch.float64)
+        meta[:, 1] = losses_R.detach().to(self.local_RD.dtype).cpu().to(torch.float64)
+        if self.digest_cols:
+            meta[:, 2:] = ParameterMonitor.digest(exp.flat.params_D.detach()).cpu().to(torch.float64)
+        return meta
+
+    def _tampered(self, meta_NK: Tensor, present_N: Tensor) -> list[int]:
+        """Nodes whose copy of the parameters differs from the coordinator's (torch backend only):
+        each node's digest came in its meta columns; simulated nodes share the coordinator's copy."""
+        if not self.digest_cols:
             return []
-        digest = ParameterMonitor.digest(self.exp.flat.params_D.detach())
-        local = digest.to(self.local_RD.dtype).expand(len(self.comm.local_nodes), -1).contiguous()
-        rows = self.comm.gather_rows(local)
-        if rows is None:
-            return []
-        return ParameterMonitor.check(self.exp.flat.params_D.detach(), list(rows.to(digest.dtype)))
+        digests = [meta_NK[i, 2:].to(torch.uint8) if present_N[i] else None for i in range(meta_NK.shape[0])]
+        return ParameterMonitor.check(self.exp.flat.params_D.detach(), digests)
+
+    def _public_state(self) -> Tensor:
+        """What the coordinator tells every rank after a round: shard holders, who is active, weights."""
+        exp = self.exp
+        n = exp.cfg.distributed.num_nodes
+        out = torch.zeros(exp.scheduler.num_shards + 2 * n, dtype=torch.float64)
+        if self.coordinator:
+            out[: exp.scheduler.num_shards] = torch.tensor(exp.scheduler.holder, dtype=torch.float64)
+            out[exp.scheduler.num_shards : -n] = exp.trust.active_N.to(torch.float64)
+            out[-n:] = exp.trust.weights_N()
+        return out
+
+    def _load_public_state(self, state: Tensor) -> None:
+        exp = self.exp
+        n, s = exp.cfg.distributed.num_nodes, exp.scheduler.num_shards
+        exp.scheduler.holder = [int(h) for h in state[:s].tolist()]
+        self.public_active_N = state[s:-n] > 0.5
+        self.public_weights_N = state[-n:].clone()
 
     def _round(self, r: int) -> dict[str, Any]:
         exp, comm = self.exp, self.comm
         timer = _Timer()
         assignment = exp.scheduler.assignment()
-        self.samples += exp.sampler.batch_size * sum(len(a) for a in assignment)
         losses_R = self._compute(r, assignment, timer)
+        with timer("attack"):
+            self._attack_local(r)
+        meta_RK = self._meta(losses_R, r)
+        if comm.world_size > 1:
+            exp.faults.act(comm.local_nodes, r)  # an injected crash or delay, in this rank's own process
         with timer("gather"):
-            updates_ND = comm.gather_rows(self.local_RD)
-            losses_N = comm.gather_rows(losses_R.to(self.local_RD)[:, None])
-            tampered = self._tampered() if exp.security is not None else []
+            got = comm.exchange(self.local_RD, meta_RK, r, exp.cfg.distributed.round_timeout_s)
         rec: dict[str, Any] = {"round": r, "epoch": r // exp.rounds_per_epoch}
         if self.coordinator:
-            assert updates_ND is not None and losses_N is not None
-            rec["loss"] = float(losses_N.mean())
-            rec.update(self._coordinate(r, updates_ND, assignment, tampered, timer).to_dict())
+            assert got is not None
+            present_N = got.present_N
+            losses = got.meta_NK[present_N, 1].to(self.local_RD.dtype)
+            rec["loss"] = float(losses.mean()) if losses.numel() else float("nan")
+            tampered = self._tampered(got.meta_NK, present_N) if exp.security is not None else []
+            rec.update(self._coordinate(r, got.rows_ND, present_N, assignment, tampered, timer).to_dict())
         with timer("broadcast"):
-            comm.broadcast(self.agg_D)
-            # every rank must know who holds which shard next round
-            holder_S = comm.broadcast(torch.tensor(exp.scheduler.holder, dtype=torch.int64))
-            exp.scheduler.holder = holder_S.tolist()
+            public = self._public_state()
+            comm.send_down([self.agg_D, public], r)
+            if self.coordinator:
+                self.public_active_N = exp.trust.active_N
+                self.public_weights_N = exp.trust.weights_N()
+            else:
+                self._load_public_state(public)
         with timer("step"):
             rec["update_norm"] = float(self.agg_D.norm())
             before_D = self.prev_D.copy_(exp.flat.params_D.detach()) if self.prev_D is not None else None
@@ -330,14 +405,35 @@ class RoundLoop:
                 if ckpt is not None and (r + 1) % every == 0 and r + 1 < exp.total_rounds:
                     wall = self.wall_before + time.perf_counter() - t0
                     save_checkpoint(self, ckpt, next_round=r + 1, wall_s=wall)
+        except RankFailure as failure:
+            # name the dead rank on disk before this process exits: torchrun restarts the group
+            # and the resumed run reports it (engine/fault_log.py)
+            self.faults.append(
+                {
+                    "event": "rank_failed",
+                    "round": failure.round,
+                    "rank": failure.rank,
+                    "nodes": list(self.comm.nodes_of(failure.rank)),
+                    "reason": failure.reason,
+                    "attempt": restart_attempt(),
+                    "last_completed_round": failure.round - 1,
+                }
+            )
+            raise
         finally:
             progress.close()
             self.log.close()
         wall = self.wall_before + time.perf_counter() - t0
-        summary = (
+        summary: dict[str, Any] = (
             self._summary(wall) if self.coordinator else {"rank": self.comm.rank, "wall_s": round(wall, 3)}
         )
         if self.out_dir is not None:
+            save_final_weights(
+                exp.flat.model,
+                self.out_dir,
+                metadata={"rounds": str(exp.total_rounds), "model": summary["model"]},
+            )
+            summary["weights"] = WEIGHTS_FILE
             write_json_atomic(self.out_dir / "summary.json", summary)
             if cfg.output.plots:
                 plot_training(self.log.records, self.out_dir, language_model=exp.data.kind == "text")
@@ -402,6 +498,9 @@ class RoundLoop:
             if exp.security is not None:
                 summary["detection"]["verification"] = exp.security.cost_summary()
             summary["trust"] = exp.trust.summary()
+        faults = self.faults.summary()
+        if faults is not None:
+            summary["faults"] = faults
         if self.reassignments:
             summary["reassignment"] = {
                 "events": len(self.reassignments),
@@ -416,17 +515,21 @@ class RoundLoop:
 class _RoundAggregation:
     """``probe(updates_ND)``: the aggregate this round would produce from ``updates_ND`` (the
     aggregator over the rows of the trusted nodes, with f less the quarantined nodes), for the
-    optimal attacks. Other attributes (``state_dict``...) are the run aggregator's, so that a
-    stateful rule is restored after probing."""
+    optimal attacks. Given other than N rows (the colluders' own rows and their candidates), the
+    rule runs on all of them. Other attributes (``state_dict``...) are the run aggregator's, so
+    that a stateful rule is restored after probing."""
 
-    def __init__(self, loop: RoundLoop, active_N: Tensor) -> None:
+    def __init__(self, loop: RoundLoop, active_N: Tensor, weights_N: Tensor) -> None:
         self._loop = loop
-        self._active = active_N
-        self._f = loop.f_budget(active_N)
-        self._w = loop.trust_weights(active_N)
+        self._active = active_N.clone()
+        self._f = loop.f_budget(self._active)
+        self._w = loop.trust_weights(self._active, weights_N)
 
     def __call__(self, updates_ND: Tensor) -> Tensor:
-        result, _ = self._loop.robust(updates_ND[self._active.to(updates_ND.device)], self._f, self._w)
+        if updates_ND.shape[0] == self._active.numel():
+            result, _ = self._loop.robust(updates_ND[self._active.to(updates_ND.device)], self._f, self._w)
+        else:
+            result, _ = self._loop.robust(updates_ND, self._f)
         return torch.zeros_like(updates_ND[0]) if result is None else result.value_D
 
     def __getattr__(self, name: str) -> Any:

@@ -27,6 +27,7 @@ class CoordinatorRecord:
         f_eff: the f the aggregator ran with.
         trust / quarantined: scores and the quarantined set after this round (security on).
         aggregator: the rule's own diagnostics (``AggResult.info``).
+        faults: nodes whose row was missing (``absent``), newly so (``absent_now``), back (``back_now``).
     """
 
     num_active: int
@@ -41,6 +42,7 @@ class CoordinatorRecord:
     trust: list[float] | None = None
     quarantined: list[int] | None = None
     aggregator: dict[str, Any] | None = None
+    faults: dict[str, Any] | None = None
 
     _ALWAYS = frozenset({"num_active", "num_aggregated", "f_eff"})
     _IF_SET = frozenset({"security", "weights", "trust", "quarantined"})  # written even when empty
@@ -57,6 +59,7 @@ class CoordinatorRecord:
         "trust",
         "quarantined",
         "aggregator",
+        "faults",
     )
 
     def to_dict(self) -> dict[str, Any]:

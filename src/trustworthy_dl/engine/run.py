@@ -7,7 +7,9 @@ from pathlib import Path
 
 from trustworthy_dl.config import Config
 from trustworthy_dl.engine.checkpoint import CHECKPOINT, check_config, load_checkpoint
-from trustworthy_dl.engine.comm import make_comm
+from trustworthy_dl.engine.comm import launched_by_torchrun, make_comm
+from trustworthy_dl.engine.fault_log import FaultLog
+from trustworthy_dl.engine.faults import FaultSchedule, restart_attempt
 from trustworthy_dl.engine.loop import RoundLoop, RunResult
 from trustworthy_dl.engine.setup import build_experiment, check_supported
 from trustworthy_dl.errors import ConfigError
@@ -26,6 +28,9 @@ def run_experiment(
     from its ``checkpoint.pt`` (see ``engine/checkpoint.py``).
     """
     check_supported(cfg)  # before any process group or file exists
+    restarted = _torchrun_restart(out_dir)
+    if restarted == "resume":
+        resume = True
     comm = make_comm(
         cfg.distributed.num_nodes, backend=cfg.distributed.backend, dist_backend=cfg.distributed.dist_backend
     )
@@ -42,7 +47,15 @@ def run_experiment(
             check_config(state, cfg.to_dict())  # before touching any file
             if comm.is_coordinator:
                 target = run_dir
-                records = _keep_records(run_dir / "metrics.jsonl", int(state["next_round"]))
+                records, rerun = _keep_records(run_dir / "metrics.jsonl", int(state["next_round"]))
+                if restarted:
+                    _note_restart(run_dir, int(state["next_round"]), rerun)
+        elif restarted == "restart":  # no checkpoint yet: from round 0, in the same directory
+            if comm.is_coordinator:
+                assert out_dir is not None
+                target = Path(out_dir)
+                _, rerun = _keep_records(target / "metrics.jsonl", 0)
+                _note_restart(target, 0, rerun)
         elif write and comm.is_coordinator:
             target = Path(out_dir) if out_dir is not None else cfg.resolved_output_dir()
             resolved = cfg.to_dict()
@@ -64,12 +77,32 @@ def run_experiment(
         comm.close()
 
 
-def _keep_records(path: Path, next_round: int) -> list[dict]:
-    """The records of the rounds before the checkpoint; metrics.jsonl keeps just those.
+def _torchrun_restart(out_dir: Path | str | None) -> str | None:
+    """After torchrun restarted the group (a rank died): "resume" the unfinished run in ``out_dir``
+    from its checkpoint, or "restart" it from round 0 when it has none; None otherwise."""
+    if not launched_by_torchrun() or restart_attempt() == 0 or out_dir is None:
+        return None
+    run_dir = Path(out_dir)
+    if not (run_dir / "config.yaml").is_file() or (run_dir / "summary.json").exists():
+        return None
+    return "resume" if (run_dir / CHECKPOINT).is_file() else "restart"
+
+
+def _note_restart(run_dir: Path, from_round: int, rerun: int) -> None:
+    FaultLog(FaultSchedule(), run_dir).append(
+        {"event": "resumed", "attempt": restart_attempt(), "from_round": from_round, "rounds_rerun": rerun}
+    )
+
+
+def _keep_records(path: Path, next_round: int) -> tuple[list[dict], int]:
+    """The records of the rounds before the checkpoint (metrics.jsonl keeps just those), and how
+    many completed rounds after it will be run again.
 
     Records the interrupted attempt wrote after its last checkpoint are not lost: the whole old
     file is kept as ``metrics.interrupted-<k>.jsonl`` (the resumed run writes those rounds again).
     """
+    if not path.is_file() and next_round == 0:
+        return [], 0
     if not path.is_file():
         raise ConfigError(f"{str(path)!r} is missing: the run directory is incomplete")
     lines = [line for line in path.read_text().splitlines() if line.strip()]
@@ -94,4 +127,4 @@ def _keep_records(path: Path, next_round: int) -> list[dict]:
         k += 1
     path.rename(path.parent / f"metrics.interrupted-{k}.jsonl")
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    return kept
+    return kept, len(records) - len(kept)

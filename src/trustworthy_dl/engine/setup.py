@@ -7,7 +7,7 @@ scheduler, log) is an object here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,6 +20,7 @@ from trustworthy_dl.data import DatasetBundle, load_dataset
 from trustworthy_dl.data.partition import partition_bundle
 from trustworthy_dl.data.sampler import ShardSampler
 from trustworthy_dl.engine.comm import Comm, make_comm
+from trustworthy_dl.engine.faults import FaultSchedule
 from trustworthy_dl.engine.flat import FlatModel
 from trustworthy_dl.engine.node_compute import NodeComputer
 from trustworthy_dl.engine.optim import CoordinatorOptimizer
@@ -56,6 +57,7 @@ class Experiment:
     rounds_per_epoch: int
     total_rounds: int
     pipeline: PipelineParts | None = None
+    faults: FaultSchedule = field(default_factory=FaultSchedule)
 
     def batch(self, node: int, round_idx: int, shards: list[int]) -> tuple[Tensor, Tensor]:
         """The clean batch node ``node`` trains on this round: ``batch_size`` samples per held shard.
@@ -188,6 +190,7 @@ def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
         optimizer=optimizer,
         rounds_per_epoch=rounds_per_epoch,
         total_rounds=max(total, 1),
+        faults=FaultSchedule(tuple(cfg.faults), dcfg.round_timeout_s),
     )
 
 

@@ -91,6 +91,7 @@ class Stage1Detector:
         *,
         generator: torch.Generator | None = None,
         reference_D: Tensor | None = None,
+        present_N: Tensor | None = None,
     ) -> Stage1Result:
         """Flag suspicious rows of ``updates_ND``.
 
@@ -101,6 +102,8 @@ class Stage1Detector:
                 fixed seed.
             reference_D: optional robust reference for the distance scores (e.g. the robust
                 aggregate); sliced to the same coordinates.
+            present_N: bool, rows that arrived this round (None: all). A missing row is neither
+                scored nor flagged: absence is not evidence of being Byzantine.
         """
         if updates_ND.dim() != 2:
             raise ValueError(f"expected (N, D) updates, got shape {tuple(updates_ND.shape)}")
@@ -109,9 +112,12 @@ class Stage1Detector:
         if generator is None:
             generator = torch.Generator().manual_seed(0)
         finite_N = finite_rows(updates_ND).cpu()
+        if present_N is not None:
+            finite_N |= ~present_N.bool().cpu()  # a missing row is not "non-finite"
+        use_N = finite_N if present_N is None else finite_N & present_N.bool().cpu()
         idx_d = sample_coords(dim, self.num_coords, generator)
         x_Nd = updates_ND if idx_d is None else updates_ND.index_select(1, idx_d.to(updates_ND.device))
-        x_Md = x_Nd[finite_N.to(x_Nd.device)].float().cpu()
+        x_Md = x_Nd[use_N.to(x_Nd.device)].float().cpu()
         ref_d = None
         if reference_D is not None:
             ref_d = (
@@ -128,8 +134,8 @@ class Stage1Detector:
                 continue
             res = DETECTION_METHODS.get(name)(x_Md, reference_d=ref_d, **self.params.get(name, {}))
             flags_N = torch.zeros(n, dtype=torch.bool)
-            flags_N[finite_N] = res.flags_N.cpu()
-            scores_KN[k, finite_N] = res.scores_N.to(torch.float64).cpu()
+            flags_N[use_N] = res.flags_N.cpu()
+            scores_KN[k, use_N] = res.scores_N.to(torch.float64).cpu()
             votes_N += flags_N.long()
             flagged_by[name] = flags_N.nonzero().flatten().tolist()
             method_info[name] = res.info

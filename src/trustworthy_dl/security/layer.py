@@ -59,15 +59,20 @@ class SecurityLayer:
         active_N: Tensor,
         recompute: Callable[[int], Tensor],
         tampered: Sequence[int] = (),
+        present_N: Tensor | None = None,
     ) -> tuple[Verdict, dict[str, Any]]:
-        """The round's verdict and a JSON-friendly record of what was flagged, checked and found."""
+        """The round's verdict and a JSON-friendly record of what was flagged, checked and found.
+
+        ``present_N`` (bool, optional): rows that arrived. A missing row (crashed, silent or late
+        node) is neither scored, flagged nor re-computed: absence is not evidence of being Byzantine.
+        """
         n = updates_ND.shape[0]
         if n != self.num_nodes:
             raise ValueError(f"expected {self.num_nodes} rows, got {n}")
         gen = torch.Generator().manual_seed(derive_seed(self.seed, round, 0x5EC))
         stage1 = None
         if self.detector is not None:
-            stage1 = self.detector.inspect(updates_ND, generator=gen)
+            stage1 = self.detector.inspect(updates_ND, generator=gen, present_N=present_N)
             self.detect_seconds += float(stage1.info.get("seconds", 0.0))
         verification = None
         rec: dict[str, Any] = {}
@@ -75,6 +80,8 @@ class SecurityLayer:
             flags = stage1.flags_N if stage1 is not None else torch.zeros(n, dtype=torch.bool)
             scores = stage1.scores_N if stage1 is not None else None
             nodes = self.verifier.select(flags, active_N, round, scores_N=scores, generator=gen)
+            if present_N is not None:
+                nodes = [i for i in nodes if bool(present_N[i])]
             verification = self.verifier.verify(updates_ND, nodes, recompute)
             self.recomputations += verification.recomputations
             self.verify_seconds += verification.seconds

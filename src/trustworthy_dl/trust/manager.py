@@ -15,6 +15,10 @@ inspected and verified but excluded from aggregation. With the defaults (0.9, 0.
 full evidence takes a node 0.9 -> 0.8 -> 0.7 -> 0.6: quarantined at its third flagged round;
 from 0.6, a clean node needs 10 clean rounds to reach 0.75 and be reinstated.
 
+A node whose row is missing (crashed, silent, too late: evidence "silent", which is not evidence of
+being Byzantine) is *absent* for that round (:meth:`set_presence`): inactive, so its shard moves,
+but its score is kept and it does not count against f; it is active again the round it is back.
+
 Legend: N nodes.
 """
 
@@ -99,6 +103,7 @@ class TrustManager:
         self._scores_N = torch.full((num_nodes,), float(initial_trust), dtype=torch.float64)
         self._quarantined_N = torch.zeros(num_nodes, dtype=torch.bool)
         self._quarantine_rounds_N = torch.zeros(num_nodes, dtype=torch.int64)
+        self._absent_N = torch.zeros(num_nodes, dtype=torch.bool)
         self.round = 0
 
     @classmethod
@@ -127,8 +132,23 @@ class TrustManager:
 
     @property
     def active_N(self) -> Tensor:
-        """bool (N,): trusted, i.e. not quarantined."""
-        return ~self._quarantined_N
+        """bool (N,): trusted and present: not quarantined, not absent."""
+        return ~self._quarantined_N & ~self._absent_N
+
+    @property
+    def absent_N(self) -> Tensor:
+        """bool (N,): nodes whose row was missing in the last round (a copy)."""
+        return self._absent_N.clone()
+
+    def set_presence(self, present_N: Tensor) -> tuple[list[int], list[int]]:
+        """Record who sent a row this round; returns (nodes newly absent, nodes back)."""
+        absent = ~present_N.reshape(-1).bool().cpu()
+        if absent.numel() != self.num_nodes:
+            raise ValueError(f"presence has {absent.numel()} entries, expected {self.num_nodes}")
+        gone = (absent & ~self._absent_N).nonzero().flatten().tolist()
+        back = (~absent & self._absent_N).nonzero().flatten().tolist()
+        self._absent_N = absent
+        return gone, back
 
     @property
     def quarantine_rounds_N(self) -> Tensor:
@@ -166,10 +186,12 @@ class TrustManager:
     def weights_N(self) -> Tensor:
         """Trust-weighted aggregation weights: active nodes' scores normalised to sum 1.
 
-        Quarantined nodes get 0. If no node is active (or all active scores are 0) every weight
+        Quarantined and absent nodes get 0. If no node is active (or all active scores are 0) every weight
         is 0: the caller must skip the step rather than divide by zero.
         """
-        w = torch.where(self._quarantined_N, torch.zeros_like(self._scores_N), self._scores_N)
+        w = torch.where(
+            self._quarantined_N | self._absent_N, torch.zeros_like(self._scores_N), self._scores_N
+        )
         total = w.sum()
         return w / total if total > 0 else w
 
@@ -187,6 +209,7 @@ class TrustManager:
             "scores": self._scores_N.clone(),
             "quarantined": self._quarantined_N.clone(),
             "quarantine_rounds": self._quarantine_rounds_N.clone(),
+            "absent": self._absent_N.clone(),
             "round": self.round,
         }
 
@@ -197,4 +220,7 @@ class TrustManager:
         self._scores_N = scores.clone()
         self._quarantined_N = torch.as_tensor(state["quarantined"], dtype=torch.bool).clone()
         self._quarantine_rounds_N = torch.as_tensor(state["quarantine_rounds"], dtype=torch.int64).clone()
+        self._absent_N = torch.as_tensor(
+            state.get("absent", torch.zeros(self.num_nodes, dtype=torch.bool)), dtype=torch.bool
+        ).clone()
         self.round = int(state["round"])

@@ -1,0 +1,169 @@
+"""Coordinator <-> ranks point-to-point exchange with a deadline, over torch.distributed.
+
+Data parallelism under torchrun sends each round's rows to the coordinator (rank 0) and the
+aggregate back with point-to-point messages rather than collectives, so that one slow or dead
+rank cannot hold the others:
+
+* each rank sends a small float64 ``meta`` message (per local node: present flag, loss, parameter
+  digest) and, if any of its nodes is present, its (R, D) rows;
+* the coordinator receives from every rank in a background thread per rank and waits at most
+  ``timeout_s`` (None: no deadline). A rank that misses the deadline has its rows missing for
+  the round (its messages still land later, in buffers of their own, and are dropped); a rank
+  whose connection fails (its process died) raises :class:`RankFailure`, naming it;
+* the coordinator's results go back as point-to-point sends whose completion is waited for in
+  the background, so a straggler receives them when it wakes without holding the others.
+
+Tags are ``4 * round + k``: a late message of round r can never be taken for round r + 1's.
+Only tensors cross: nothing received is unpickled.
+
+Legend: N nodes, R rows per rank, D flat parameters, K meta columns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["RankFailure", "RoundRows", "StarExchange"]
+
+MISSES_BEFORE_FAILURE = 3  # consecutive missed deadlines after which a rank is declared failed
+
+
+class RankFailure(RuntimeError):
+    """A rank's process died or stopped answering; the run must restart without losing its results."""
+
+    def __init__(self, rank: int, round: int, reason: str) -> None:
+        super().__init__(f"rank {rank} failed in round {round}: {reason}")
+        self.rank, self.round, self.reason = rank, round, reason
+
+
+@dataclass
+class RoundRows:
+    """What reached the coordinator in one round."""
+
+    rows_ND: Tensor
+    meta_NK: Tensor
+    present_N: Tensor
+    late_ranks: list[int] = field(default_factory=list)
+
+
+class _Receive:
+    """One rank's messages of one round, received in a daemon thread."""
+
+    def __init__(self, src: int, tag: int, meta_RK: Tensor, rows_RD: Tensor, cv: threading.Condition) -> None:
+        self.meta_RK, self.rows_RD = meta_RK, rows_RD
+        self.done = False
+        self.error: str | None = None
+        self._cv = cv
+        threading.Thread(target=self._run, args=(src, tag), daemon=True).start()
+
+    def _run(self, src: int, tag: int) -> None:
+        try:
+            dist.recv(self.meta_RK, src=src, tag=tag)
+            if bool((self.meta_RK[:, 0] > 0.5).any()):
+                dist.recv(self.rows_RD, src=src, tag=tag + 1)
+        except Exception as err:  # any transport error means the peer is gone
+            self.error = str(err).splitlines()[0][:300]
+        with self._cv:
+            self.done = True
+            self._cv.notify_all()
+
+
+class StarExchange:
+    """Point-to-point rows up, results down, between rank 0 and every other rank."""
+
+    def __init__(self, rank: int, world_size: int, rows_per_rank: int, num_nodes: int) -> None:
+        self.rank, self.world_size = rank, world_size
+        self.rows_per_rank, self.num_nodes = rows_per_rank, num_nodes
+        self._cv = threading.Condition()
+        self._pending: dict[int, list[_Receive]] = {k: [] for k in range(1, world_size)}
+        self._misses = dict.fromkeys(range(1, world_size), 0)
+
+    # ------------------------------------------------------------------ rows up
+
+    def gather(
+        self, local_RD: Tensor, meta_RK: Tensor, round: int, timeout_s: float | None
+    ) -> RoundRows | None:
+        """Send this rank's rows (non-coordinators) or collect every rank's (coordinator)."""
+        tag = 4 * round
+        if self.rank != 0:
+            if meta_RK.shape[0] < self.rows_per_rank:  # the last rank's short block: every message one shape
+                pad = self.rows_per_rank - meta_RK.shape[0]
+                meta_RK = torch.cat([meta_RK, meta_RK.new_zeros(pad, meta_RK.shape[1])])
+                local_RD = torch.cat([local_RD, local_RD.new_zeros(pad, local_RD.shape[1])])
+            works = [dist.isend(meta_RK.contiguous(), dst=0, tag=tag)]
+            if bool((meta_RK[:, 0] > 0.5).any()):
+                works.append(dist.isend(local_RD.contiguous(), dst=0, tag=tag + 1))
+            for w in works:
+                if w is not None:
+                    w.wait()
+            return None
+        r, k, d = self.rows_per_rank, meta_RK.shape[1], local_RD.shape[1]
+        receives: dict[int, _Receive] = {}
+        for src in range(1, self.world_size):
+            self._pending[src] = [p for p in self._pending[src] if not p.done]
+            receives[src] = _Receive(
+                src,
+                tag,
+                torch.zeros(r, k, dtype=meta_RK.dtype),
+                torch.empty(r, d, dtype=local_RD.dtype, device=local_RD.device),
+                self._cv,
+            )
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cv:
+            while not all(x.done for x in receives.values()):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._cv.wait(timeout=left)
+        rows_ND = torch.zeros(self.num_nodes, d, dtype=local_RD.dtype, device=local_RD.device)
+        meta_NK = torch.zeros(self.num_nodes, k, dtype=meta_RK.dtype)
+        n0 = min(r, self.num_nodes)
+        rows_ND[:n0] = local_RD[:n0]
+        meta_NK[:n0] = meta_RK[:n0]
+        late: list[int] = []
+        for src, rec in receives.items():
+            lo, hi = src * r, min((src + 1) * r, self.num_nodes)
+            if rec.error is not None:
+                raise RankFailure(src, round, rec.error)
+            if not rec.done:
+                late.append(src)
+                self._pending[src].append(rec)
+                self._misses[src] += 1
+                if self._misses[src] >= MISSES_BEFORE_FAILURE:
+                    raise RankFailure(src, round, f"no rows for {self._misses[src]} consecutive rounds")
+                continue
+            self._misses[src] = 0
+            meta_NK[lo:hi] = rec.meta_RK[: hi - lo]
+            rows_ND[lo:hi] = rec.rows_RD[: hi - lo]
+        present_N = meta_NK[:, 0] > 0.5
+        rows_ND[~present_N] = 0
+        return RoundRows(rows_ND, meta_NK, present_N, late)
+
+    # ------------------------------------------------------------------ results down
+
+    def send_down(self, tensors: list[Tensor], round: int) -> None:
+        """Coordinator: send each tensor to every rank; others: receive them in place, in order."""
+        tag = 4 * round + 2
+        if self.rank != 0:
+            for i, t in enumerate(tensors):
+                dist.recv(t, src=0, tag=tag + i)
+            return
+        works = []
+        for i, t in enumerate(tensors):
+            frozen = t.detach().clone().contiguous()  # the next round rewrites t; a late rank reads this
+            works += [(dist.isend(frozen, dst=dst, tag=tag + i), frozen) for dst in range(1, self.world_size)]
+        # completion is awaited off the main thread: a straggler takes its copy when it wakes
+        threading.Thread(target=_wait_all, args=(works,), daemon=True).start()
+
+
+def _wait_all(works: list[tuple[object, Tensor]]) -> None:
+    for work, _ in works:
+        with contextlib.suppress(Exception):  # a dead receiver is reported by the next gather
+            work.wait()  # type: ignore[attr-defined]

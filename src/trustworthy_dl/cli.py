@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         help="torchrun restarts after a rank dies (default: distributed.max_restarts)",
     )
     config_args(launch)
+    launch.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     launch.add_argument("--out", help="output directory")
     launch.add_argument("--resume", metavar="RUN_DIR", help="continue the unfinished run in RUN_DIR")
 
@@ -165,6 +166,8 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         cmd.append(args.config)
     for o in args.overrides:
         cmd += ["--set", o]
+    if args.quiet:
+        cmd.append("--quiet")
     if args.resume:
         cmd += ["--resume", args.resume]
     else:  # one directory for every attempt: a restarted group resumes the run in it

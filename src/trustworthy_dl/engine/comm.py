@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 from abc import ABC, abstractmethod
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -107,6 +108,10 @@ class Comm(ABC):
     def send_down(self, tensors: list[Tensor], round: int) -> None:
         """The coordinator's round results to every process, in place (no-op in one process)."""
 
+    def results_ready(self, tensors: list[Tensor], round: int) -> bool:
+        """Whether round ``round``'s results already wait for this lagging process (never in one process)."""
+        return False
+
     @abstractmethod
     def gather_rows(self, local_RD: Tensor) -> Tensor | None:
         """Stack the rows of every process into (N, D) on the coordinator; ``None`` elsewhere."""
@@ -153,7 +158,12 @@ class TorchComm(Comm):
                     if torch.cuda.is_available() and device is not None and device.type == "cuda"
                     else "gloo"
                 )
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(
+                backend=backend,
+                store=_attempt_store(),
+                rank=_env_int("RANK"),
+                world_size=_env_int("WORLD_SIZE"),
+            )
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.backend_name = f"torch.distributed/{dist.get_backend()}"
@@ -175,6 +185,9 @@ class TorchComm(Comm):
 
     def send_down(self, tensors: list[Tensor], round: int) -> None:
         self._star.send_down(tensors, round)
+
+    def results_ready(self, tensors: list[Tensor], round: int) -> bool:
+        return self._star.results_ready(tensors, round)
 
     def gather_rows(self, local_RD: Tensor) -> Tensor | None:
         r, d = self.rows_per_rank, local_RD.shape[1]
@@ -243,6 +256,28 @@ class TorchComm(Comm):
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _env_int(name: str) -> int:
+    return int(os.environ[name])
+
+
+def _attempt_store() -> dist.Store:
+    """torchrun's rendezvous store, with keys under this restart attempt's own prefix.
+
+    After torchrun restarts the group (a rank died), the new processes meet in the same store;
+    without a fresh prefix gloo reads the dead attempt's peer addresses and cannot connect.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        _env_int("MASTER_PORT"),
+        _env_int("WORLD_SIZE"),
+        is_master=not agent_hosts and _env_int("RANK") == 0,
+        timeout=timedelta(minutes=10),
+    )
+    return dist.PrefixStore(f"tdl/attempt-{attempt}", store)
 
 
 def launched_by_torchrun() -> bool:

@@ -6,9 +6,12 @@ the same config lose the same rows:
 
 * ``silent``: the node is alive but sends no row for ``rounds`` rounds (default 1). Under
   torchrun its process reports the row as absent.
-* ``straggler``: the node's row is ``delay_s`` late in one round. It is missing iff
-  ``distributed.round_timeout_s`` is set and ``delay_s`` exceeds it. Under torchrun the process
-  really sleeps ``delay_s`` before sending, and the coordinator's deadline decides.
+* ``straggler``: the node's row is ``delay_s`` late in round ``round``. It is missing iff
+  ``distributed.round_timeout_s`` is set and ``delay_s`` exceeds it; then the coordinator goes on
+  without it, each later round lasting one timeout while the node still sleeps, so the model
+  misses ``ceil(delay_s / timeout) - 1`` rounds (at least one). Under torchrun the process really
+  sleeps ``delay_s``, the deadline decides, and the woken rank catches up (it skips the rounds
+  whose results already wait: ``star_exchange.py``).
 * ``crash``: the node is out from ``round`` for ``rounds`` rounds (None: for the rest of the run).
   Under torchrun its process kills itself (SIGKILL) when it reaches ``round``; torchrun restarts the
   group, the run resumes from its last checkpoint, and the restarted process stays out (reports
@@ -22,6 +25,7 @@ record each fault leaves in ``summary.json``.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -51,7 +55,10 @@ class FaultSchedule:
             return range(f.round, f.round + f.rounds) if f.rounds is not None else range(f.round, 1 << 62)
         if f.kind == "silent":
             return range(f.round, f.round + (f.rounds or 1))
-        return range(f.round, f.round + 1)
+        late = 1
+        if self.timeout_s is not None and float(f.delay_s or 0.0) > self.timeout_s:
+            late = max(1, math.ceil(float(f.delay_s or 0.0) / self.timeout_s) - 1)
+        return range(f.round, f.round + late)
 
     def fault_at(self, node: int, r: int) -> FaultConfig | None:
         """The fault affecting ``node`` in round ``r`` (the first listed), or None."""

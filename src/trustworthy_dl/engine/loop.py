@@ -110,6 +110,8 @@ class RoundLoop:
         self.public_weights_N = exp.trust.weights_N()
         # digests of every node's parameter copy travel in the meta columns (torch backend, security on)
         self.digest_cols = 32 if exp.security is not None and not exp.comm.shares_parameters else 0
+        self.was_late = False  # this rank missed the last round's deadline (told by the coordinator)
+        self.skip_until = 0  # rounds before it were skipped to catch up
 
     def _alloc_rows(self) -> bool:
         """Whether this loop gathers one (D,) row per local node (data parallelism does)."""
@@ -299,23 +301,41 @@ class RoundLoop:
         digests = [meta_NK[i, 2:].to(torch.uint8) if present_N[i] else None for i in range(meta_NK.shape[0])]
         return ParameterMonitor.check(self.exp.flat.params_D.detach(), digests)
 
-    def _public_state(self) -> Tensor:
-        """What the coordinator tells every rank after a round: shard holders, who is active, weights."""
+    def _public_state(self, late_ranks: list[int]) -> Tensor:
+        """What the coordinator tells every rank after a round: shard holders, who is active, trust
+        weights, and which ranks missed the round's deadline (they catch up)."""
         exp = self.exp
         n = exp.cfg.distributed.num_nodes
-        out = torch.zeros(exp.scheduler.num_shards + 2 * n, dtype=torch.float64)
+        s, w = exp.scheduler.num_shards, self.comm.world_size
+        out = torch.zeros(s + 2 * n + w, dtype=torch.float64)
         if self.coordinator:
-            out[: exp.scheduler.num_shards] = torch.tensor(exp.scheduler.holder, dtype=torch.float64)
-            out[exp.scheduler.num_shards : -n] = exp.trust.active_N.to(torch.float64)
-            out[-n:] = exp.trust.weights_N()
+            out[:s] = torch.tensor(exp.scheduler.holder, dtype=torch.float64)
+            out[s : s + n] = exp.trust.active_N.to(torch.float64)
+            out[s + n : s + 2 * n] = exp.trust.weights_N()
+            out[s + 2 * n + torch.tensor(late_ranks, dtype=torch.long)] = 1.0
         return out
 
     def _load_public_state(self, state: Tensor) -> None:
         exp = self.exp
         n, s = exp.cfg.distributed.num_nodes, exp.scheduler.num_shards
         exp.scheduler.holder = [int(h) for h in state[:s].tolist()]
-        self.public_active_N = state[s:-n] > 0.5
-        self.public_weights_N = state[-n:].clone()
+        self.public_active_N = state[s : s + n] > 0.5
+        self.public_weights_N = state[s + n : s + 2 * n].clone()
+        self.was_late = bool(state[s + 2 * n + self.comm.rank] > 0.5)
+
+    def _catch_up(self, r: int) -> None:
+        """A rank that missed round ``r``'s deadline skips the rounds whose results already wait:
+        it reports its rows absent and applies the results, until it is back in step."""
+        exp, comm = self.exp, self.comm
+        meta = torch.zeros(len(comm.local_nodes), 2 + self.digest_cols, dtype=torch.float64)
+        public = self._public_state([])
+        r2 = r + 1
+        while self.was_late and r2 < exp.total_rounds and comm.results_ready([self.agg_D, public], r2):
+            comm.exchange(self.local_RD, meta, r2, None)  # absent: the coordinator's late receive completes
+            comm.send_down([self.agg_D, public], r2)
+            self._load_public_state(public)
+            exp.optimizer.step(self.agg_D, r2)
+            self.skip_until = r2 = r2 + 1
 
     def _round(self, r: int) -> dict[str, Any]:
         exp, comm = self.exp, self.comm
@@ -330,15 +350,17 @@ class RoundLoop:
         with timer("gather"):
             got = comm.exchange(self.local_RD, meta_RK, r, exp.cfg.distributed.round_timeout_s)
         rec: dict[str, Any] = {"round": r, "epoch": r // exp.rounds_per_epoch}
+        late_ranks: list[int] = []
         if self.coordinator:
             assert got is not None
+            late_ranks = got.late_ranks
             present_N = got.present_N
             losses = got.meta_NK[present_N, 1].to(self.local_RD.dtype)
             rec["loss"] = float(losses.mean()) if losses.numel() else float("nan")
             tampered = self._tampered(got.meta_NK, present_N) if exp.security is not None else []
             rec.update(self._coordinate(r, got.rows_ND, present_N, assignment, tampered, timer).to_dict())
         with timer("broadcast"):
-            public = self._public_state()
+            public = self._public_state(late_ranks)
             comm.send_down([self.agg_D, public], r)
             if self.coordinator:
                 self.public_active_N = exp.trust.active_N
@@ -351,6 +373,8 @@ class RoundLoop:
             rec["lr"] = exp.optimizer.step(self.agg_D, r)
             if before_D is not None:
                 rec.update(ParameterMonitor.stats(exp.flat.params_D.detach(), before_D))
+        if self.was_late and not self.coordinator:
+            self._catch_up(r)
         return self._finish_round(r, rec, timer)
 
     def _finish_round(self, r: int, rec: dict[str, Any], timer: _Timer) -> dict[str, Any]:
@@ -395,6 +419,8 @@ class RoundLoop:
         t0 = time.perf_counter()
         try:
             for r in range(self.start_round, exp.total_rounds):
+                if r < self.skip_until:  # skipped by a lagging rank to catch up
+                    continue
                 rec = self._round(r)
                 self.log.write(rec)
                 if self.coordinator:

@@ -11,7 +11,12 @@ rank cannot hold the others:
   the round (its messages still land later, in buffers of their own, and are dropped); a rank
   whose connection fails (its process died) raises :class:`RankFailure`, naming it;
 * the coordinator's results go back as point-to-point sends whose completion is waited for in
-  the background, so a straggler receives them when it wakes without holding the others.
+  the background, so a straggler receives them when it wakes without holding the others;
+* a rank told that it missed a round catches up: while the results of its next round are
+  already waiting (:meth:`StarExchange.results_ready`), it skips that round (reports its rows
+  absent, applies the results) instead of computing rows that would arrive late again;
+* a rank from which nothing at all (not even a late message) has arrived for ``stall_s`` seconds
+  is declared failed.
 
 Tags are ``4 * round + k``: a late message of round r can never be taken for round r + 1's.
 Only tensors cross: nothing received is unpickled.
@@ -32,7 +37,12 @@ from torch import Tensor
 
 __all__ = ["RankFailure", "RoundRows", "StarExchange"]
 
-MISSES_BEFORE_FAILURE = 3  # consecutive missed deadlines after which a rank is declared failed
+CATCH_UP_GRACE_S = 0.005  # how long a lagging rank waits to see whether a round's results are already there
+
+
+def stall_seconds(timeout_s: float | None) -> float:
+    """Silence after which a rank that keeps missing the deadline is declared failed."""
+    return max(30.0, 10.0 * (timeout_s or 0.0))
 
 
 class RankFailure(RuntimeError):
@@ -56,11 +66,19 @@ class RoundRows:
 class _Receive:
     """One rank's messages of one round, received in a daemon thread."""
 
-    def __init__(self, src: int, tag: int, meta_RK: Tensor, rows_RD: Tensor, cv: threading.Condition) -> None:
+    def __init__(
+        self,
+        src: int,
+        tag: int,
+        meta_RK: Tensor,
+        rows_RD: Tensor,
+        cv: threading.Condition,
+        heard: dict[int, float],
+    ) -> None:
         self.meta_RK, self.rows_RD = meta_RK, rows_RD
         self.done = False
         self.error: str | None = None
-        self._cv = cv
+        self._cv, self._heard = cv, heard
         threading.Thread(target=self._run, args=(src, tag), daemon=True).start()
 
     def _run(self, src: int, tag: int) -> None:
@@ -72,7 +90,34 @@ class _Receive:
             self.error = str(err).splitlines()[0][:300]
         with self._cv:
             self.done = True
+            if self.error is None:
+                self._heard[src] = time.monotonic()
             self._cv.notify_all()
+
+
+class _DownReceive:
+    """A round's results, received in a daemon thread (a lagging rank looks ahead with it)."""
+
+    def __init__(self, tensors: list[Tensor], tag: int) -> None:
+        self.tensors = [torch.empty_like(t) for t in tensors]
+        self.error: BaseException | None = None
+        self.event = threading.Event()
+        threading.Thread(target=self._run, args=(tag,), daemon=True).start()
+
+    def _run(self, tag: int) -> None:
+        try:
+            for i, t in enumerate(self.tensors):
+                dist.recv(t, src=0, tag=tag + i)
+        except BaseException as err:  # re-raised on the main thread by take()
+            self.error = err
+        self.event.set()
+
+    def take(self, tensors: list[Tensor]) -> None:
+        self.event.wait()
+        if self.error is not None:
+            raise self.error
+        for dst, src in zip(tensors, self.tensors, strict=True):
+            dst.copy_(src)
 
 
 class StarExchange:
@@ -83,7 +128,8 @@ class StarExchange:
         self.rows_per_rank, self.num_nodes = rows_per_rank, num_nodes
         self._cv = threading.Condition()
         self._pending: dict[int, list[_Receive]] = {k: [] for k in range(1, world_size)}
-        self._misses = dict.fromkeys(range(1, world_size), 0)
+        self._heard = dict.fromkeys(range(1, world_size), time.monotonic())
+        self._ahead: dict[int, _DownReceive] = {}
 
     # ------------------------------------------------------------------ rows up
 
@@ -114,6 +160,7 @@ class StarExchange:
                 torch.zeros(r, k, dtype=meta_RK.dtype),
                 torch.empty(r, d, dtype=local_RD.dtype, device=local_RD.device),
                 self._cv,
+                self._heard,
             )
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cv:
@@ -135,11 +182,10 @@ class StarExchange:
             if not rec.done:
                 late.append(src)
                 self._pending[src].append(rec)
-                self._misses[src] += 1
-                if self._misses[src] >= MISSES_BEFORE_FAILURE:
-                    raise RankFailure(src, round, f"no rows for {self._misses[src]} consecutive rounds")
+                silent_s = time.monotonic() - self._heard[src]
+                if silent_s > stall_seconds(timeout_s):
+                    raise RankFailure(src, round, f"nothing received for {silent_s:.0f} s")
                 continue
-            self._misses[src] = 0
             meta_NK[lo:hi] = rec.meta_RK[: hi - lo]
             rows_ND[lo:hi] = rec.rows_RD[: hi - lo]
         present_N = meta_NK[:, 0] > 0.5
@@ -152,6 +198,10 @@ class StarExchange:
         """Coordinator: send each tensor to every rank; others: receive them in place, in order."""
         tag = 4 * round + 2
         if self.rank != 0:
+            ahead = self._ahead.pop(round, None)
+            if ahead is not None:
+                ahead.take(tensors)
+                return
             for i, t in enumerate(tensors):
                 dist.recv(t, src=0, tag=tag + i)
             return
@@ -161,6 +211,15 @@ class StarExchange:
             works += [(dist.isend(frozen, dst=dst, tag=tag + i), frozen) for dst in range(1, self.world_size)]
         # completion is awaited off the main thread: a straggler takes its copy when it wakes
         threading.Thread(target=_wait_all, args=(works,), daemon=True).start()
+
+    def results_ready(self, tensors: list[Tensor], round: int) -> bool:
+        """Non-coordinator: whether round ``round``'s results are already waiting (the coordinator
+        finished that round without this rank). Starts receiving them either way; ``send_down``
+        of that round then takes them."""
+        ahead = self._ahead.get(round)
+        if ahead is None:
+            ahead = self._ahead[round] = _DownReceive(tensors, 4 * round + 2)
+        return ahead.event.wait(CATCH_UP_GRACE_S)
 
 
 def _wait_all(works: list[tuple[object, Tensor]]) -> None:

@@ -19,10 +19,21 @@ BASE = ["training.batch_size=8", "output.plots=false", "distributed.num_nodes=8"
 TORCHRUN4 = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4", "--max-restarts", "0"]
 
 
-def _run(prefix: list[str], args: list[str], overrides: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+def _run(
+    prefix: list[str], args: list[str], overrides: list[str], timeout: int = 300
+) -> subprocess.CompletedProcess:
     sets = [a for o in overrides for a in ("--set", o)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, *prefix, "-m", "trustworthy_dl", *args, "configs/quickstart.yaml", "--quiet", *sets]
+    cmd = [
+        sys.executable,
+        *prefix,
+        "-m",
+        "trustworthy_dl",
+        *args,
+        "configs/quickstart.yaml",
+        "--quiet",
+        *sets,
+    ]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -45,7 +56,12 @@ def _summary(out: Path) -> dict:
         # one Byzantine node among honest ones on rank 1 (it hosts nodes 2 and 3)
         ["attack.name=sign_flip", "attack.byzantine_ids=[3]"],
         # two colluding ranks (1 and 2) exchange their own rows in a sub-group: ALIE's setting
-        ["attack.name=alie", "attack.byzantine_ids=[2, 5]", "attack.knowledge=colluders", "aggregation.name=median"],
+        [
+            "attack.name=alie",
+            "attack.byzantine_ids=[2, 5]",
+            "attack.knowledge=colluders",
+            "aggregation.name=median",
+        ],
     ],
     ids=["sign_flip", "alie_colluders"],
 )
@@ -127,17 +143,29 @@ def test_two_machine_launch_on_loopback(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     port = 29500 + os.getpid() % 1000
     sets = [a for o in overrides for a in ("--set", o)]
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable, "-m", "trustworthy_dl", "launch", "configs/quickstart.yaml", "-n", "1",
-                "--nnodes", "2", "--node-rank", str(k), "--master-addr", "127.0.0.1", "--master-port", str(port),
-                "--out", str(tmp_path / f"dist{k}"), "--quiet", *sets,
-            ],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        for k in (0, 1)
-    ]
+
+    def launch(k: int) -> subprocess.Popen:
+        where = [
+            "--nnodes",
+            "2",
+            "--node-rank",
+            str(k),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+        ]
+        cmd = [sys.executable, "-m", "trustworthy_dl", "launch", "configs/quickstart.yaml", "-n", "1", *where]
+        return subprocess.Popen(
+            [*cmd, "--out", str(tmp_path / f"dist{k}"), "--quiet", *sets],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    procs = [launch(0), launch(1)]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]

@@ -173,3 +173,24 @@ def test_two_machine_launch_on_loopback(tmp_path: Path) -> None:
     assert [r["loss"] for r in dist] == pytest.approx([r["loss"] for r in sim], rel=1e-5)
     assert _summary(tmp_path / "dist0")["processes"] == 2
     assert not (tmp_path / "dist1" / "metrics.jsonl").exists()  # only the coordinator writes
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("rule", ["krum", "centered_clip"])
+def test_sharded_aggregation_equals_gather(tmp_path: Path, rule: str) -> None:
+    """No single aggregation point: each of 4 processes aggregates a quarter of the columns with the
+    all-reduced Gram matrix; the run equals the one-process (gather) run."""
+    overrides = [*BASE, "training.max_rounds=4", f"aggregation.name={rule}", "attack.name=sign_flip",
+                 "attack.byzantine_ids=[3]"]  # fmt: skip
+    _ok(_run([], ["run", "--out", str(tmp_path / "gather")], overrides))
+    _ok(
+        _run(TORCHRUN4, ["run", "--out", str(tmp_path / "sharded")], [*overrides, "aggregation.mode=sharded"])
+    )
+    a, b = _records(tmp_path / "gather"), _records(tmp_path / "sharded")
+    for x, y in zip(a, b, strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5, abs=1e-6)
+        assert y["update_norm"] == pytest.approx(x["update_norm"], rel=1e-4, abs=1e-6)
+    comm = _summary(tmp_path / "sharded")["communication"]
+    assert comm["mode"] == "sharded"
+    sent = [r["sent"] for r in comm["bytes_per_round"]]
+    assert max(sent) <= 1.1 * min(sent)  # no process is an aggregation point

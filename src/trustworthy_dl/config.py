@@ -244,6 +244,11 @@ class AggregationConfig(_Section):
     pre: list[PreAggregatorConfig] = Field(
         default_factory=list, description="Pre-aggregators applied in order."
     )
+    mode: Literal["gather", "sharded"] = Field(
+        "gather",
+        description="gather: rows to the coordinator; sharded: each process robustly aggregates a "
+        "slice of the coordinates (no single aggregation point; torchrun).",
+    )
 
 
 class SecurityConfig(_Section):
@@ -386,6 +391,19 @@ class Config(_Section):
                 raise ValueError(
                     f"attack {att.name!r} tampers with a pipeline stage: it needs "
                     "distributed.parallelism=model or hybrid"
+                )
+        if self.aggregation.mode == "sharded":
+            from trustworthy_dl.aggregation.sharding import check_shardable
+
+            check_shardable(self.aggregation.name, [p.name for p in self.aggregation.pre])
+            if self.security.attack_detection or self.security.gradient_verification:
+                raise ValueError(
+                    "aggregation.mode=sharded runs without the coordinator's security layer (for now)"
+                )
+            if self.distributed.parallelism != "data" or self.distributed.round_timeout_s is not None:
+                raise ValueError(
+                    "aggregation.mode=sharded needs data parallelism and no round_timeout_s "
+                    "(its all-to-all waits for every process)"
                 )
         for fault in self.faults:
             if fault.node >= n:

@@ -39,6 +39,7 @@ from torch import Tensor
 from trustworthy_dl.aggregation import _native as native_build
 from trustworthy_dl.aggregation import _native_gram as native_gram
 from trustworthy_dl.aggregation._parallel import map_column_chunks
+from trustworthy_dl.aggregation.sharding import reduce_partial
 
 __all__ = ["FAR_NORM", "Geometry", "centred_gram", "row_norms"]
 
@@ -154,9 +155,11 @@ def row_norms(X_ND: Tensor) -> Tensor:
         1 << 16,
         X_ND.device,
     )
-    if len(parts) == 1:
-        return parts[0]
-    return torch.stack(parts).square().sum(0).sqrt()
+    sq = parts[0].square() if len(parts) == 1 else torch.stack(parts).square().sum(0)
+    reduced = reduce_partial(sq)  # sharded aggregation: over every process's columns
+    if reduced is sq:
+        return parts[0] if len(parts) == 1 else sq.sqrt()
+    return reduced.sqrt()
 
 
 def centred_gram(X_ND: Tensor, extras_KD: Tensor | None = None, *, block: int | None = None) -> Geometry:
@@ -176,8 +179,8 @@ def centred_gram(X_ND: Tensor, extras_KD: Tensor | None = None, *, block: int | 
         )
     else:
         parts = map_column_chunks(lambda s, e: _gram_chunk(X_ND, extras_KD, s, e, B), D, B, X_ND.device)
-    T = torch.stack([p[0] for p in parts]).sum(0)
-    bad = torch.stack([p[1] for p in parts]).any(0)
+    T = reduce_partial(torch.stack([p[0] for p in parts]).sum(0))  # sharded: over every process's columns
+    bad = reduce_partial(torch.stack([p[1] for p in parts]).any(0).to(torch.float64)) > 0
     T = (T + T.T) * 0.5  # exactly symmetric: equal distances compare equal (ties are shared)
     far = bad | ~(T.diagonal() <= FAR_NORM**2)
     if bool(far.any()):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -37,6 +38,20 @@ from trustworthy_dl.errors import ConfigError, NodeMessageError
 __all__ = ["Comm", "SimComm", "TorchComm", "make_comm"]
 
 
+@dataclass
+class Traffic:
+    """Bytes this process sent and received through the comm (payloads, both directions)."""
+
+    sent: int = 0
+    received: int = 0
+
+    def add(self, sent: Tensor | None = None, received: Tensor | None = None) -> None:
+        if sent is not None:
+            self.sent += sent.numel() * sent.element_size()
+        if received is not None:
+            self.received += received.numel() * received.element_size()
+
+
 class Comm(ABC):
     """Coordinator-centred collectives over the nodes of one run."""
 
@@ -45,6 +60,7 @@ class Comm(ABC):
     backend_name: str = "simulated"
 
     def __init__(self, num_nodes: int) -> None:
+        self.traffic = Traffic()
         if self.world_size > num_nodes:
             raise ConfigError(
                 f"distributed.num_nodes={num_nodes} is smaller than the {self.world_size} processes launched; "
@@ -90,6 +106,24 @@ class Comm(ABC):
         (the colluders' exchange). One process: its own rows."""
         return local_RD
 
+    # ---- sharded aggregation (aggregation.mode=sharded): no single aggregation point
+
+    def scatter_columns(self, local_RD: Tensor, bounds: list[int]) -> Tensor:
+        """All-to-all: every node's columns ``[bounds[rank], bounds[rank + 1])``, (N, D_j), here."""
+        return local_RD[:, bounds[self.rank] : bounds[self.rank + 1]]
+
+    def all_gather_meta(self, meta_RK: Tensor) -> Tensor:
+        """Every node's meta row (present, loss, ...), (N, K), on every process."""
+        return meta_RK
+
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        """Sum over the processes, in place, on every process."""
+        return tensor
+
+    def all_gather_columns(self, part_Dj: Tensor, bounds: list[int]) -> Tensor:
+        """The full (D,) vector from every process's slice ``[bounds[j], bounds[j + 1])``."""
+        return part_Dj
+
     def isend(self, tensor: Tensor, dst: int, tag: int) -> object:
         """Start sending ``tensor`` to rank ``dst``; returns a handle with ``wait()``."""
         raise RuntimeError(f"{type(self).__name__} hosts every node: there is no rank {dst} to send to")
@@ -119,6 +153,10 @@ class Comm(ABC):
     @abstractmethod
     def broadcast(self, tensor: Tensor) -> Tensor:
         """Overwrite ``tensor`` on every process with the coordinator's value; returns it."""
+
+    def traffic_by_rank(self) -> list[Traffic] | None:
+        """Every process's :class:`Traffic` on the coordinator (collective); None elsewhere."""
+        return [self.traffic]
 
     def barrier(self) -> None:
         """Wait for every process (no-op when simulated)."""
@@ -171,7 +209,7 @@ class TorchComm(Comm):
         self._gather_bufs: list[Tensor] | None = None
         self._groups: dict[tuple[int, ...], object] = {}
         self._group_ranks: dict[object, tuple[int, ...]] = {}
-        self._star = StarExchange(self.rank, self.world_size, self.rows_per_rank, num_nodes)
+        self._star = StarExchange(self.rank, self.world_size, self.rows_per_rank, num_nodes, self.traffic)
 
     def exchange(
         self, local_RD: Tensor, meta_RK: Tensor, round: int, timeout_s: float | None
@@ -210,12 +248,18 @@ class TorchComm(Comm):
                     torch.empty(r, d, dtype=send.dtype, device=send.device) for _ in range(self.world_size)
                 ]
             dist.gather(send.contiguous(), gather_list=self._gather_bufs, dst=0)
+            self.traffic.add(received=send.repeat(self.world_size - 1, 1))
             return torch.cat(self._gather_bufs)[: self.num_nodes]
         dist.gather(send.contiguous(), dst=0)
+        self.traffic.add(sent=send)
         return None
 
     def broadcast(self, tensor: Tensor) -> Tensor:
         dist.broadcast(tensor, src=0)
+        if self.is_coordinator:
+            self.traffic.sent += (self.world_size - 1) * tensor.numel() * tensor.element_size()
+        else:
+            self.traffic.add(received=tensor)
         return tensor
 
     def reduce_sum(self, tensor: Tensor, group: object = None) -> Tensor:
@@ -223,6 +267,9 @@ class TorchComm(Comm):
             dist.reduce(tensor, dst=0, op=dist.ReduceOp.SUM)
         elif self.rank in self._group_ranks[group]:
             dist.reduce(tensor, dst=0, op=dist.ReduceOp.SUM, group=group)  # type: ignore[arg-type]
+        else:
+            return tensor
+        self.traffic.add(received=tensor) if self.is_coordinator else self.traffic.add(sent=tensor)
         return tensor
 
     def subgroup(self, ranks: list[int]) -> object:
@@ -241,14 +288,64 @@ class TorchComm(Comm):
         bufs = [torch.empty_like(send) for _ in ranks]
         group = None if len(ranks) == self.world_size else self.subgroup(ranks)
         dist.all_gather(bufs, send, group=group)  # type: ignore[arg-type]
+        others = (len(ranks) - 1) * send.numel() * send.element_size()
+        self.traffic.sent += others
+        self.traffic.received += others
         return torch.cat([b[: len(self.nodes_of(k))] for b, k in zip(bufs, ranks, strict=True)])
 
+    def scatter_columns(self, local_RD: Tensor, bounds: list[int]) -> Tensor:
+        w, d = self.world_size, local_RD.shape[1]
+        if bounds[-1] != d or len(bounds) != w + 1:
+            raise ValueError(f"column bounds {bounds} do not cut {d} columns into {w} slices")
+        counts = [len(self.nodes_of(k)) for k in range(w)]
+        widths = [bounds[j + 1] - bounds[j] for j in range(w)]
+        send = torch.cat([local_RD[:, bounds[j] : bounds[j + 1]].reshape(-1) for j in range(w)])
+        mine = widths[self.rank]
+        recv = torch.empty(sum(counts) * mine, dtype=local_RD.dtype, device=local_RD.device)
+        dist.all_to_all_single(
+            recv, send, [c * mine for c in counts], [local_RD.shape[0] * wd for wd in widths]
+        )
+        own = local_RD.shape[0] * mine * local_RD.element_size()  # this process's own slice stays here
+        self.traffic.sent += send.numel() * send.element_size() - own
+        self.traffic.received += recv.numel() * recv.element_size() - own
+        return recv.view(sum(counts), mine)
+
+    def all_gather_meta(self, meta_RK: Tensor) -> Tensor:
+        return self.all_gather_rows(meta_RK, list(range(self.world_size)))
+
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        self.traffic.add(tensor, tensor)
+        return tensor
+
+    def all_gather_columns(self, part_Dj: Tensor, bounds: list[int]) -> Tensor:
+        widest = max(bounds[j + 1] - bounds[j] for j in range(self.world_size))
+        send = torch.zeros(widest, dtype=part_Dj.dtype, device=part_Dj.device)
+        send[: part_Dj.numel()] = part_Dj
+        bufs = [torch.empty_like(send) for _ in range(self.world_size)]
+        dist.all_gather(bufs, send)
+        others = (self.world_size - 1) * send.numel() * send.element_size()
+        self.traffic.sent += others
+        self.traffic.received += others
+        return torch.cat([b[: bounds[j + 1] - bounds[j]] for j, b in enumerate(bufs)])
+
     def isend(self, tensor: Tensor, dst: int, tag: int) -> object:
+        self.traffic.add(sent=tensor)
         return dist.isend(tensor.contiguous(), dst=dst, tag=tag)
 
     def recv(self, tensor: Tensor, src: int, tag: int) -> Tensor:
         dist.recv(tensor, src=src, tag=tag)
+        self.traffic.add(received=tensor)
         return tensor
+
+    def traffic_by_rank(self) -> list[Traffic] | None:
+        mine = torch.tensor([float(self.traffic.sent), float(self.traffic.received)], dtype=torch.float64)
+        if not self.is_coordinator:
+            dist.gather(mine, dst=0)
+            return None
+        bufs = [torch.empty_like(mine) for _ in range(self.world_size)]
+        dist.gather(mine, gather_list=bufs, dst=0)
+        return [Traffic(int(b[0]), int(b[1])) for b in bufs]
 
     def barrier(self) -> None:
         dist.barrier()

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from trustworthy_dl.aggregation import AggResult
+from trustworthy_dl.aggregation.sharding import column_bounds, shard_reduction
 from trustworthy_dl.attacks.coalition import coalition_view
 from trustworthy_dl.engine.checkpoint import CHECKPOINT, restore, save_checkpoint
 from trustworthy_dl.engine.fault_log import FaultLog
@@ -110,8 +111,10 @@ class RoundLoop:
         self.public_weights_N = exp.trust.weights_N()
         # digests of every node's parameter copy travel in the meta columns (torch backend, security on)
         self.digest_cols = 32 if exp.security is not None and not exp.comm.shares_parameters else 0
+        self.agg_out: Tensor | None = None  # sharded mode: this process's slice of the aggregate
         self.was_late = False  # this rank missed the last round's deadline (told by the coordinator)
         self.skip_until = 0  # rounds before it were skipped to catch up
+        self.sharded = exp.cfg.aggregation.mode == "sharded" and exp.comm.world_size > 1
 
     def _alloc_rows(self) -> bool:
         """Whether this loop gathers one (D,) row per local node (data parallelism does)."""
@@ -243,10 +246,11 @@ class RoundLoop:
         Returns (None, f) and a zero update when no row is usable (every node distrusted).
         """
         result, f = self.robust(rows_MD, f, weights_M)
+        out = self.agg_D if self.agg_out is None else self.agg_out
         if result is None:
-            self.agg_D.zero_()
+            out.zero_()
         else:
-            self.agg_D.copy_(result.value_D)
+            out.copy_(result.value_D)
         return result, f
 
     def f_budget(self, active_N: Tensor) -> int:
@@ -377,6 +381,36 @@ class RoundLoop:
             self._catch_up(r)
         return self._finish_round(r, rec, timer)
 
+    def _round_sharded(self, r: int) -> dict[str, Any]:
+        """A round with no single aggregation point (``aggregation.mode: sharded``): every process
+        gets every node's slice of the columns, runs the coordinator's step on it (trust and
+        scheduling are deterministic, so every process keeps the same state), and the slices of
+        the aggregate are all-gathered. The coordinator only logs."""
+        exp, comm = self.exp, self.comm
+        timer = _Timer()
+        assignment = exp.scheduler.assignment()
+        losses_R = self._compute(r, assignment, timer)
+        with timer("attack"):
+            self._attack_local(r)
+        meta_NK = comm.all_gather_meta(self._meta(losses_R, r))
+        present_N = meta_NK[:, 0] > 0.5
+        bounds = column_bounds(self.agg_D.numel(), comm.world_size)
+        with timer("gather"):
+            rows_NDj = comm.scatter_columns(self.local_RD, bounds)
+        rec: dict[str, Any] = {"round": r, "epoch": r // exp.rounds_per_epoch}
+        losses = meta_NK[present_N, 1].to(self.local_RD.dtype)
+        rec["loss"] = float(losses.mean()) if losses.numel() else float("nan")
+        self.agg_out = torch.empty(rows_NDj.shape[1], dtype=rows_NDj.dtype, device=rows_NDj.device)
+        with shard_reduction(comm.all_reduce_sum):
+            rec.update(self._coordinate(r, rows_NDj, present_N, assignment, [], timer).to_dict())
+        with timer("broadcast"):
+            self.agg_D.copy_(comm.all_gather_columns(self.agg_out, bounds))
+        self.public_active_N, self.public_weights_N = exp.trust.active_N, exp.trust.weights_N()
+        with timer("step"):
+            rec["update_norm"] = float(self.agg_D.norm())
+            rec["lr"] = exp.optimizer.step(self.agg_D, r)
+        return self._finish_round(r, rec, timer)
+
     def _finish_round(self, r: int, rec: dict[str, Any], timer: _Timer) -> dict[str, Any]:
         """Every layout's round ends so: the coordinator evaluates on eval rounds; phase timings."""
         exp = self.exp
@@ -421,7 +455,7 @@ class RoundLoop:
             for r in range(self.start_round, exp.total_rounds):
                 if r < self.skip_until:  # skipped by a lagging rank to catch up
                     continue
-                rec = self._round(r)
+                rec = self._round_sharded(r) if self.sharded else self._round(r)
                 self.log.write(rec)
                 if self.coordinator:
                     status = f"loss {rec['loss']:.3f}"
@@ -450,9 +484,12 @@ class RoundLoop:
             progress.close()
             self.log.close()
         wall = self.wall_before + time.perf_counter() - t0
+        traffic = self.comm.traffic_by_rank()  # collective: every process reports its bytes
         summary: dict[str, Any] = (
             self._summary(wall) if self.coordinator else {"rank": self.comm.rank, "wall_s": round(wall, 3)}
         )
+        if traffic is not None and self.comm.world_size > 1:
+            summary["communication"] = self._traffic_summary(traffic, exp.total_rounds - self.start_round)
         if self.out_dir is not None:
             save_final_weights(
                 exp.flat.model,
@@ -465,6 +502,23 @@ class RoundLoop:
                 plot_training(self.log.records, self.out_dir, language_model=exp.data.kind == "text")
                 self._extra_plots()
         return RunResult(history=self.log.records, summary=summary, out_dir=self.out_dir, experiment=exp)
+
+    def _traffic_summary(self, traffic: list[Any], rounds: int) -> dict[str, Any]:
+        """Bytes each process sent and received per round (this attempt), measured at the comm."""
+        per = max(rounds, 1)
+        return {
+            "mode": self.exp.cfg.aggregation.mode if self.sharded else "gather",
+            "bytes_per_round": [
+                {
+                    "rank": k,
+                    "nodes": list(self.comm.nodes_of(k)),
+                    "sent": round(t.sent / per),
+                    "received": round(t.received / per),
+                }
+                for k, t in enumerate(traffic)
+            ],
+            "note": "payload bytes through the comm per round, measured in each process (rounds of this attempt)",
+        }
 
     def _extra_plots(self) -> None:
         if self.exp.security is None:

@@ -30,10 +30,14 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from trustworthy_dl.engine.comm import Traffic
 
 __all__ = ["RankFailure", "RoundRows", "StarExchange"]
 
@@ -123,7 +127,10 @@ class _DownReceive:
 class StarExchange:
     """Point-to-point rows up, results down, between rank 0 and every other rank."""
 
-    def __init__(self, rank: int, world_size: int, rows_per_rank: int, num_nodes: int) -> None:
+    def __init__(
+        self, rank: int, world_size: int, rows_per_rank: int, num_nodes: int, traffic: Traffic
+    ) -> None:
+        self.traffic = traffic
         self.rank, self.world_size = rank, world_size
         self.rows_per_rank, self.num_nodes = rows_per_rank, num_nodes
         self._cv = threading.Condition()
@@ -144,8 +151,10 @@ class StarExchange:
                 meta_RK = torch.cat([meta_RK, meta_RK.new_zeros(pad, meta_RK.shape[1])])
                 local_RD = torch.cat([local_RD, local_RD.new_zeros(pad, local_RD.shape[1])])
             works = [dist.isend(meta_RK.contiguous(), dst=0, tag=tag)]
+            self.traffic.add(sent=meta_RK)
             if bool((meta_RK[:, 0] > 0.5).any()):
                 works.append(dist.isend(local_RD.contiguous(), dst=0, tag=tag + 1))
+                self.traffic.add(sent=local_RD)
             for w in works:
                 if w is not None:
                     w.wait()
@@ -187,7 +196,10 @@ class StarExchange:
                     raise RankFailure(src, round, f"nothing received for {silent_s:.0f} s")
                 continue
             meta_NK[lo:hi] = rec.meta_RK[: hi - lo]
-            rows_ND[lo:hi] = rec.rows_RD[: hi - lo]
+            self.traffic.add(received=rec.meta_RK)
+            if bool((rec.meta_RK[:, 0] > 0.5).any()):
+                rows_ND[lo:hi] = rec.rows_RD[: hi - lo]
+                self.traffic.add(received=rec.rows_RD)
         present_N = meta_NK[:, 0] > 0.5
         rows_ND[~present_N] = 0
         return RoundRows(rows_ND, meta_NK, present_N, late)
@@ -201,14 +213,17 @@ class StarExchange:
             ahead = self._ahead.pop(round, None)
             if ahead is not None:
                 ahead.take(tensors)
-                return
-            for i, t in enumerate(tensors):
-                dist.recv(t, src=0, tag=tag + i)
+            else:
+                for i, t in enumerate(tensors):
+                    dist.recv(t, src=0, tag=tag + i)
+            for t in tensors:
+                self.traffic.add(received=t)
             return
         works = []
         for i, t in enumerate(tensors):
             frozen = t.detach().clone().contiguous()  # the next round rewrites t; a late rank reads this
             works += [(dist.isend(frozen, dst=dst, tag=tag + i), frozen) for dst in range(1, self.world_size)]
+            self.traffic.sent += (self.world_size - 1) * frozen.numel() * frozen.element_size()
         # completion is awaited off the main thread: a straggler takes its copy when it wakes
         threading.Thread(target=_wait_all, args=(works,), daemon=True).start()
 

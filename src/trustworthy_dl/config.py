@@ -364,65 +364,9 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_field(self) -> Config:
-        n = self.distributed.num_nodes
-        a = self.attack
-        if a.byzantine_ids is not None:
-            bad = [i for i in a.byzantine_ids if not 0 <= i < n]
-            if bad:
-                raise ValueError(f"attack.byzantine_ids {bad} out of range for distributed.num_nodes={n}")
-            if len(set(a.byzantine_ids)) != len(a.byzantine_ids):
-                raise ValueError(f"attack.byzantine_ids {a.byzantine_ids} has duplicates")
-        try:
-            self.distributed.layout_numbers()
-        except ValueError as err:
-            raise ValueError(f"distributed: {err}") from None
-        from trustworthy_dl.attacks import PIPELINE_ATTACKS
+        from trustworthy_dl.config_checks import cross_check
 
-        for extra in a.all_attacks()[1:]:
-            if extra.byzantine_ids is None:
-                raise ValueError(f"attack.also {extra.name}: give its nodes as byzantine_ids")
-            bad = [i for i in extra.byzantine_ids if not 0 <= i < n]
-            if bad:
-                raise ValueError(
-                    f"attack.also {extra.name}: byzantine_ids {bad} out of range for num_nodes={n}"
-                )
-        for att in a.all_attacks():
-            if self.distributed.parallelism == "data" and att.name in PIPELINE_ATTACKS:
-                raise ValueError(
-                    f"attack {att.name!r} tampers with a pipeline stage: it needs "
-                    "distributed.parallelism=model or hybrid"
-                )
-        if self.aggregation.mode == "sharded":
-            from trustworthy_dl.aggregation.sharding import check_shardable
-
-            check_shardable(self.aggregation.name, [p.name for p in self.aggregation.pre])
-            if self.security.attack_detection or self.security.gradient_verification:
-                raise ValueError(
-                    "aggregation.mode=sharded runs without the coordinator's security layer (for now)"
-                )
-            if self.distributed.parallelism != "data" or self.distributed.round_timeout_s is not None:
-                raise ValueError(
-                    "aggregation.mode=sharded needs data parallelism and no round_timeout_s "
-                    "(its all-to-all waits for every process)"
-                )
-        for fault in self.faults:
-            if fault.node >= n:
-                raise ValueError(f"faults: node {fault.node} out of range for distributed.num_nodes={n}")
-            if self.distributed.parallelism != "data":
-                raise ValueError("faults: injected faults are modelled in data-parallel runs only (for now)")
-        if self.num_byzantine >= n:
-            raise ValueError(f"attack.num_byzantine={self.num_byzantine} must be < distributed.num_nodes={n}")
-        import torch
-
-        from trustworthy_dl.aggregation.configured import build_run_aggregator
-
-        # unknown aggregator or parameter, or a tolerance condition that fails for N, fails at load time
-        # (pipelines aggregate M rows per stage: f is lowered to what the rule tolerates for M)
-        aggregator = build_run_aggregator(self)
-        if self.distributed.parallelism == "data":
-            aggregator(torch.zeros(n, 2))
-        if a.end_round is not None and a.end_round < a.start_round:
-            raise ValueError(f"attack.end_round={a.end_round} is before attack.start_round={a.start_round}")
+        cross_check(self)
         return self
 
     @property

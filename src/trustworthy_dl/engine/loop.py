@@ -21,10 +21,7 @@ Only the coordinator (rank 0) runs the middle of the round and writes files.
 
 from __future__ import annotations
 
-import resource
 import time
-from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,15 +30,18 @@ import torch
 from torch import Tensor
 
 from trustworthy_dl.aggregation import AggResult
-from trustworthy_dl.aggregation.sharding import column_bounds, shard_reduction
 from trustworthy_dl.attacks.coalition import coalition_view
 from trustworthy_dl.engine.checkpoint import CHECKPOINT, restore, save_checkpoint
 from trustworthy_dl.engine.fault_log import FaultLog
 from trustworthy_dl.engine.faults import restart_attempt
+from trustworthy_dl.engine.probe import RoundAggregation
 from trustworthy_dl.engine.round_record import CoordinatorRecord
-from trustworthy_dl.engine.setup import Experiment, headline
+from trustworthy_dl.engine.run_summary import extra_plots, run_summary, traffic_summary
+from trustworthy_dl.engine.setup import Experiment
+from trustworthy_dl.engine.sharded_round import sharded_round
 from trustworthy_dl.engine.star_exchange import RankFailure
 from trustworthy_dl.engine.task import evaluate
+from trustworthy_dl.engine.timer import PhaseTimer as _Timer
 from trustworthy_dl.report.console import RunProgress
 from trustworthy_dl.report.metrics import MetricsLog
 from trustworthy_dl.report.plots import plot_training
@@ -61,25 +61,6 @@ class RunResult:
     summary: dict[str, Any]
     out_dir: Path | None
     experiment: Experiment
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.split: dict[str, float] = defaultdict(float)
-
-    @contextmanager
-    def __call__(self, phase: str):  # type: ignore[no-untyped-def]
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.split[phase] += time.perf_counter() - t0
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 class RoundLoop:
@@ -151,7 +132,7 @@ class RoundLoop:
             return
         # an omniscient attacker probes the aggregation as this round will run it: over the nodes
         # trusted so far, with their f (it cannot know this round's verdict)
-        probe = _RoundAggregation(self, self.public_active_N, self.public_weights_N)
+        probe = RoundAggregation(self, self.public_active_N, self.public_weights_N)
         view_KD, ids = coalition_view(adv, self.comm, self.local_RD, r)
         adv.corrupt_local(
             self.local_RD,
@@ -381,36 +362,6 @@ class RoundLoop:
             self._catch_up(r)
         return self._finish_round(r, rec, timer)
 
-    def _round_sharded(self, r: int) -> dict[str, Any]:
-        """A round with no single aggregation point (``aggregation.mode: sharded``): every process
-        gets every node's slice of the columns, runs the coordinator's step on it (trust and
-        scheduling are deterministic, so every process keeps the same state), and the slices of
-        the aggregate are all-gathered. The coordinator only logs."""
-        exp, comm = self.exp, self.comm
-        timer = _Timer()
-        assignment = exp.scheduler.assignment()
-        losses_R = self._compute(r, assignment, timer)
-        with timer("attack"):
-            self._attack_local(r)
-        meta_NK = comm.all_gather_meta(self._meta(losses_R, r))
-        present_N = meta_NK[:, 0] > 0.5
-        bounds = column_bounds(self.agg_D.numel(), comm.world_size)
-        with timer("gather"):
-            rows_NDj = comm.scatter_columns(self.local_RD, bounds)
-        rec: dict[str, Any] = {"round": r, "epoch": r // exp.rounds_per_epoch}
-        losses = meta_NK[present_N, 1].to(self.local_RD.dtype)
-        rec["loss"] = float(losses.mean()) if losses.numel() else float("nan")
-        self.agg_out = torch.empty(rows_NDj.shape[1], dtype=rows_NDj.dtype, device=rows_NDj.device)
-        with shard_reduction(comm.all_reduce_sum):
-            rec.update(self._coordinate(r, rows_NDj, present_N, assignment, [], timer).to_dict())
-        with timer("broadcast"):
-            self.agg_D.copy_(comm.all_gather_columns(self.agg_out, bounds))
-        self.public_active_N, self.public_weights_N = exp.trust.active_N, exp.trust.weights_N()
-        with timer("step"):
-            rec["update_norm"] = float(self.agg_D.norm())
-            rec["lr"] = exp.optimizer.step(self.agg_D, r)
-        return self._finish_round(r, rec, timer)
-
     def _finish_round(self, r: int, rec: dict[str, Any], timer: _Timer) -> dict[str, Any]:
         """Every layout's round ends so: the coordinator evaluates on eval rounds; phase timings."""
         exp = self.exp
@@ -455,7 +406,7 @@ class RoundLoop:
             for r in range(self.start_round, exp.total_rounds):
                 if r < self.skip_until:  # skipped by a lagging rank to catch up
                     continue
-                rec = self._round_sharded(r) if self.sharded else self._round(r)
+                rec = sharded_round(self, r) if self.sharded else self._round(r)
                 self.log.write(rec)
                 if self.coordinator:
                     status = f"loss {rec['loss']:.3f}"
@@ -489,7 +440,7 @@ class RoundLoop:
             self._summary(wall) if self.coordinator else {"rank": self.comm.rank, "wall_s": round(wall, 3)}
         )
         if traffic is not None and self.comm.world_size > 1:
-            summary["communication"] = self._traffic_summary(traffic, exp.total_rounds - self.start_round)
+            summary["communication"] = traffic_summary(self, traffic, exp.total_rounds - self.start_round)
         if self.out_dir is not None:
             save_final_weights(
                 exp.flat.model,
@@ -503,116 +454,8 @@ class RoundLoop:
                 self._extra_plots()
         return RunResult(history=self.log.records, summary=summary, out_dir=self.out_dir, experiment=exp)
 
-    def _traffic_summary(self, traffic: list[Any], rounds: int) -> dict[str, Any]:
-        """Bytes each process sent and received per round (this attempt), measured at the comm."""
-        per = max(rounds, 1)
-        return {
-            "mode": self.exp.cfg.aggregation.mode if self.sharded else "gather",
-            "bytes_per_round": [
-                {
-                    "rank": k,
-                    "nodes": list(self.comm.nodes_of(k)),
-                    "sent": round(t.sent / per),
-                    "received": round(t.received / per),
-                }
-                for k, t in enumerate(traffic)
-            ],
-            "note": "payload bytes through the comm per round, measured in each process (rounds of this attempt)",
-        }
-
     def _extra_plots(self) -> None:
-        if self.exp.security is None:
-            return
-        from trustworthy_dl.report.trust_plots import plot_detection_timeline, plot_trust
-
-        assert self.out_dir is not None
-        plot_trust(
-            self.log.records,
-            self.out_dir,
-            byzantine_ids=self.exp.adversary.byzantine_ids,
-            threshold=self.exp.trust.threshold,
-        )
-        plot_detection_timeline(
-            self.log.records, self.out_dir, byzantine_ids=self.exp.adversary.byzantine_ids
-        )
+        extra_plots(self)
 
     def _summary(self, wall: float) -> dict[str, Any]:
-        exp, cfg = self.exp, self.exp.cfg
-        evals = [r for r in self.log.records if "test_loss" in r]
-        last = evals[-1] if evals else {}
-        train_s = wall - self.totals.split.get("eval", 0.0)
-        summary: dict[str, Any] = {
-            "run": {
-                "name": cfg.model.name + "-" + cfg.data.name,
-                "dir": str(self.out_dir) if self.out_dir else None,
-            },
-            "backend": exp.comm.backend_name,
-            "simulated": exp.comm.backend_name == "simulated",
-            "attack_simulated": cfg.attack.enabled,
-            **headline(cfg),
-            "byzantine_ids": exp.adversary.byzantine_ids,
-            "processes": exp.comm.world_size,
-            "device": str(exp.device),
-            "num_params": exp.flat.num_params,
-            "final": {
-                "test_accuracy": last.get("test_accuracy"),
-                "test_loss": last.get("test_loss"),
-                "perplexity": last.get("test_perplexity"),
-                "train_loss": self.log.records[-1]["loss"] if self.log.records else None,
-            },
-            "best_test_accuracy": max((r["test_accuracy"] for r in evals), default=None),
-            "rounds": exp.total_rounds,
-            "rounds_per_epoch": exp.rounds_per_epoch,
-            "epochs": exp.total_rounds / exp.rounds_per_epoch,
-            "wall_s": round(wall, 3),
-            "throughput": {
-                "samples_per_s": round(self.samples / train_s, 2) if train_s > 0 else None,
-                "rounds_per_s": round(exp.total_rounds / train_s, 3) if train_s > 0 else None,
-                "note": "training samples (all nodes) per second of training time, evaluation excluded",
-            },
-            "time_split_s": {k: round(v, 4) for k, v in sorted(self.totals.split.items())},
-            "peak_memory_mb": round(_peak_memory_mb(exp.device), 1),
-        }
-        if exp.security is not None or cfg.attack.enabled:
-            summary["detection"] = self.tracker.summary()
-            if exp.security is not None:
-                summary["detection"]["verification"] = exp.security.cost_summary()
-            summary["trust"] = exp.trust.summary()
-        faults = self.faults.summary()
-        if faults is not None:
-            summary["faults"] = faults
-        if self.reassignments:
-            summary["reassignment"] = {
-                "events": len(self.reassignments),
-                "seconds_total": round(sum(e["seconds"] for e in self.reassignments), 6),
-                "shards_moved_away": sum(e["reason"] == "inactive" for e in self.reassignments),
-                "shards_returned": sum(e["reason"] == "return" for e in self.reassignments),
-                "first": self.reassignments[:20],
-            }
-        return summary
-
-
-class _RoundAggregation:
-    """``probe(updates_ND)``: the aggregate this round would produce from ``updates_ND`` (the
-    aggregator over the rows of the trusted nodes, with f less the quarantined nodes), for the
-    optimal attacks. Given other than N rows (the colluders' own rows and their candidates), the
-    rule runs on all of them. Other attributes (``state_dict``...) are the run aggregator's, so
-    that a stateful rule is restored after probing."""
-
-    def __init__(self, loop: RoundLoop, active_N: Tensor, weights_N: Tensor) -> None:
-        self._loop = loop
-        self._active = active_N.clone()
-        self._f = loop.f_budget(self._active)
-        self._w = loop.trust_weights(self._active, weights_N)
-
-    def __call__(self, updates_ND: Tensor) -> Tensor:
-        if updates_ND.shape[0] == self._active.numel():
-            result, _ = self._loop.robust(updates_ND[self._active.to(updates_ND.device)], self._f, self._w)
-        else:
-            result, _ = self._loop.robust(updates_ND, self._f)
-        return torch.zeros_like(updates_ND[0]) if result is None else result.value_D
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._loop.exp.aggregator, name)
+        return run_summary(self, wall)

@@ -29,10 +29,11 @@ from torch import Tensor
 
 from trustworthy_dl.attacks import AdversarialAttacker
 from trustworthy_dl.attacks.pipeline import tamper_tensor
-from trustworthy_dl.engine.loop import RoundLoop, _Timer
+from trustworthy_dl.engine.loop import RoundLoop
 from trustworthy_dl.engine.pipeline_exec import HolderPlan, ReplicaPass, StageTransport
 from trustworthy_dl.engine.pipeline_setup import PipelineParts
 from trustworthy_dl.engine.setup import Experiment
+from trustworthy_dl.engine.timer import PhaseTimer as _Timer
 from trustworthy_dl.security.metrics import DetectionTracker
 from trustworthy_dl.security.monitor import tensor_digest
 
@@ -122,7 +123,8 @@ class PipelineLoop(RoundLoop):
                 f = self.f_budget(self.exp.trust.active_N)
 
                 def probe(rows_MD: Tensor, a: Tensor = active_M, f: int = f) -> Tensor:
-                    res, _ = self.robust(rows_MD[a], f)
+                    # M rows: the trusted ones; other counts (colluders' own rows + candidates): all
+                    res, _ = self.robust(rows_MD[a] if rows_MD.shape[0] == a.numel() else rows_MD, f)
                     return torch.zeros_like(rows_MD[0]) if res is None else res.value_D
 
                 self.rows[s].copy_(group_att.corrupt(self.rows[s], round=r, aggregator=probe))

@@ -137,9 +137,21 @@ def test_gpt2_tiny_run_reports_perplexity() -> None:
 
 def test_pipeline_under_torchrun_backend_is_a_clear_error() -> None:
     cfg = _cfg(
+        distributed={
+            "parallelism": "hybrid",
+            "backend": "torch",
+            "num_nodes": 4,
+            "replicas": 2,
+            "num_stages": 2,
+        },
+        security={"gradient_verification": True},
+    )
+    with pytest.raises(ConfigError, match="a defended hybrid layout"):
+        run_experiment(cfg, write=False)
+    cfg = _cfg(
         distributed={"parallelism": "model", "backend": "torch"}, security={"gradient_verification": True}
     )
-    with pytest.raises(ConfigError, match="runs undefended for now"):
+    with pytest.raises(ConfigError, match="needs one process per rank"):
         run_experiment(cfg, write=False)
 
 

@@ -348,6 +348,39 @@ def test_two_stage_pipeline_under_torchrun_matches_the_simulated_one(tmp_path: P
 
 
 @pytest.mark.distributed
+def test_defended_pipeline_across_five_processes_migrates_the_byzantine_stage_to_the_spare_rank(
+    tmp_path: Path,
+) -> None:
+    """GPT-2 tiny as 4 stages on ranks 0-3 + a spare rank 4. From step 6 the holder of stage 1
+    tampers with its activations inside its own process. The coordinator cross-validates sampled
+    micro-batches from what the stage's neighbours report, quarantines node 1 and migrates stage 1
+    to the spare rank (parameters and optimizer state from the last verified snapshot): every step
+    equals the simulated run's."""
+    cfg = tmp_path / "pipe5.yaml"
+    cfg.write_text(
+        "seed: 0\nmodel: {name: gpt2, size: tiny}\n"
+        "data: {name: text, block_size: 16, max_train_samples: 512, max_test_samples: 64}\n"
+        "training: {batch_size: 8, max_rounds: 12, optimizer: adamw, learning_rate: 0.002, eval_every: 6}\n"
+        "distributed: {num_nodes: 5, parallelism: model, num_stages: 4, spares: 1}\n"
+        "security: {attack_detection: true, gradient_verification: true, pipeline_verify_rate: 0.25}\n"
+        "trust: {snapshot_every: 5}\n"
+        "attack: {name: activation_tamper, byzantine_ids: [1], start_round: 6}\n"
+        "output: {progress: false, plots: false}\n"
+    )
+    _cli([sys.executable], cfg, tmp_path / "sim")
+    _cli([*TORCHRUN, "--nproc-per-node", "5"], cfg, tmp_path / "dist")
+    assert _losses(tmp_path / "dist") == pytest.approx(_losses(tmp_path / "sim"), rel=1e-5, abs=1e-6)
+    s = json.loads((tmp_path / "dist" / "summary.json").read_text())
+    assert s["processes"] == 5 and s["trust"]["quarantined"] == [1]
+    (ev,) = s["migrations"]["events"]
+    assert (ev["from"], ev["to"], ev["stage"], ev["to_spare"]) == (1, 4, 1, True)
+    assert ev["restored_from_round"] is not None and ev["restored_from_round"] < 6
+    assert s["detection"]["false_quarantines"] == 0 and s["detection"]["latency_rounds"]["1"] <= 3
+    records = [json.loads(x) for x in (tmp_path / "dist" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["holders"] == [0, 4, 2, 3]  # stage 1 now runs in the spare's process
+
+
+@pytest.mark.distributed
 def test_hybrid_over_three_processes_matches_the_simulated_one(tmp_path: Path) -> None:
     """2 replicas x 3 stages + 1 spare on 3 ranks (nodes 0-2, 3-5, 6): stage rows are reduced over
     each stage's sub-group (its holders' ranks and the coordinator), the spare's rank holds nothing."""
@@ -407,13 +440,13 @@ def test_hybrid_stage_groups_run_stage_one_statistics_and_verification(
     )  # replica 1's stage-1 row (node 3), flagged by statistics
 
 
-def test_launching_a_defended_pipeline_is_refused_before_any_process_starts(
+def test_launching_a_defended_hybrid_is_refused_before_any_process_starts(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from trustworthy_dl.cli import main
 
-    assert main(["launch", "-n", "2", str(REPO / "configs" / "gpt2_pipeline.yaml")]) == 2
-    assert "runs undefended for now" in capsys.readouterr().err
+    assert main(["launch", "-n", "2", str(REPO / "configs" / "hybrid_fmnist.yaml")]) == 2
+    assert "a defended hybrid layout (2 replicas)" in capsys.readouterr().err
 
 
 def test_the_python_facade_takes_the_pipeline_layout() -> None:

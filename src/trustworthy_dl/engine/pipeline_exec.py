@@ -33,7 +33,6 @@ from torch.func import functional_call
 from trustworthy_dl.engine.pipeline_schedule import ticks
 from trustworthy_dl.engine.staged import StagedModel
 from trustworthy_dl.engine.task import Task
-from trustworthy_dl.errors import NodeMessageError
 
 __all__ = ["HolderPlan", "Hop", "ReplicaPass", "StageRunner", "check_message"]
 
@@ -104,9 +103,10 @@ class StageTransport:
     ``ranks[s]`` is the rank of stage s's holder. A message between two stages on the same rank
     is handed over directly; across ranks it is an ``isend`` / ``recv`` tagged by (direction,
     stage, micro-batch), so a receiver never takes one message for another. Only tensors travel;
-    their shape and dtype are fixed by the protocol (the receiver allocates them). A received
-    tensor with NaN / Inf stops the run with a NodeMessageError naming the two stages: across
-    processes there is no verifier yet to re-compute the sender's stage in its place.
+    their shape and dtype are fixed by the protocol (the receiver allocates them). The receiver
+    checks each message: one with NaN / Inf is recorded as rejected (evidence against the sender,
+    reported to the coordinator) and zeros stand in for it; the replica's rows are then dropped
+    from the step's aggregation, so what stood in does not matter.
     """
 
     def __init__(self, comm: Any, ranks: list[int]) -> None:
@@ -258,10 +258,10 @@ class StageRunner:
                         got = transport.recv(
                             (len(micro[k][0]), *trail), dtype, s - 1, transport.tag("F", s, k)
                         )
-                        if not bool(torch.isfinite(got).all()):
-                            raise NodeMessageError(
-                                f"stage {s} received non-finite activations from stage {s - 1}"
-                            )
+                        why = check_message(got, got)  # checked on receipt, by the receiver
+                        if why is not None:  # evidence against the sender; the replica is dropped
+                            rejected.append((s - 1, k, why))
+                            got = torch.zeros_like(got)
                         hop.x_in = got
                     x_leaf, y = self.forward(s, p_s, hop.x_in)
                     live[(s, k)] = (x_leaf, y)
@@ -271,7 +271,7 @@ class StageRunner:
                         sent = tamper(sent)
                     hop.y_out = sent
                     if s < S - 1:
-                        why = check_message(sent, y)
+                        why = check_message(sent, y) if local[s + 1] else None  # remote: the receiver checks
                         if why is not None:
                             rejected.append((s, k, why))
                             sent = self.recompute_output(s, hop)
@@ -287,10 +287,10 @@ class StageRunner:
                     if s < S - 1 and not local[s + 1]:
                         assert transport is not None
                         got = transport.recv(tuple(y.shape), y.dtype, s + 1, transport.tag("B", s, k))
-                        if not bool(torch.isfinite(got).all()):
-                            raise NodeMessageError(
-                                f"stage {s} received non-finite gradients from stage {s + 1}"
-                            )
+                        why = check_message(got, got)
+                        if why is not None:
+                            rejected.append((s + 1, k, why))
+                            got = torch.zeros_like(got)
                         hop.g_in = got
                     g_x = self.backward(s, p_s, x_leaf, y, hop, scratch[s])
                     rows[s].add_(scratch[s])
@@ -299,7 +299,7 @@ class StageRunner:
                         tamper_g = plans[s].gradient
                         sent_g = tamper_g(g_x) if tamper_g is not None else g_x
                         hop.g_out = sent_g
-                        why = check_message(sent_g, g_x)
+                        why = check_message(sent_g, g_x) if local[s - 1] else None
                         if why is not None:
                             rejected.append((s, k, why))
                             honest_g = self.recompute_messages(s, hop)[1]  # no parameter gradient needed

@@ -30,6 +30,7 @@ from torch import Tensor
 from trustworthy_dl.attacks import AdversarialAttacker
 from trustworthy_dl.attacks.pipeline import tamper_tensor
 from trustworthy_dl.engine.loop import RoundLoop
+from trustworthy_dl.engine.pipeline_checks import RemoteChecks, collect_remote_checks
 from trustworthy_dl.engine.pipeline_exec import HolderPlan, ReplicaPass, StageTransport
 from trustworthy_dl.engine.pipeline_setup import PipelineParts
 from trustworthy_dl.engine.setup import Experiment
@@ -63,6 +64,7 @@ class PipelineLoop(RoundLoop):
         self._group_attackers: dict[tuple[int, int, tuple[int, ...]], AdversarialAttacker] = {}
         self.verify_checked = 0
         self.step_seconds = 0.0
+        self._migrations_shared = 0  # migrations whose restored state every process has
 
     def _alloc_rows(self) -> bool:
         return False
@@ -179,12 +181,16 @@ class PipelineLoop(RoundLoop):
                 self.comm.reduce_sum(rows_MD, group=self.comm.subgroup(ranks))
             loss = float(self.comm.reduce_sum(torch.tensor([loss], dtype=torch.float64))[0])
         rec["loss"] = loss
+        remote: RemoteChecks | None = None
+        if self.comm.world_size > 1 and (pp.verifier is not None or pp.monitor_params):
+            with timer("security"):  # the sampled messages come from the stages' neighbours
+                remote = collect_remote_checks(self, r, passes, plans, holder)
         dropped = torch.zeros(1)
         ctx: dict[str, Any] = {}
         if self.coordinator:
             with timer("attack"):
                 self._update_attacks(r)
-            ctx = self._judge_and_aggregate(r, passes, plans, holder, rec, timer)
+            ctx = self._judge_and_aggregate(r, passes, plans, holder, rec, timer, remote)
             dropped[0] = float(len(ctx["skipped"]) == S)
         with timer("broadcast"):
             self.comm.broadcast(self.agg_D)
@@ -199,6 +205,9 @@ class PipelineLoop(RoundLoop):
                 rec["step_dropped"] = True
         if self.coordinator:
             self._after_step(r, ctx, rec, timer)
+        if self.comm.world_size > 1 and (pp.verifier is not None or pp.monitor_params):
+            with timer("broadcast"):
+                self._share_migrations()
         self.step_seconds += time.perf_counter() - t_step
         return self._finish_round(r, rec, timer)  # exp.flat.model is the stages in sequence
 
@@ -210,24 +219,34 @@ class PipelineLoop(RoundLoop):
         holder: list[int],
         rec: dict[str, Any],
         timer: _Timer,
+        remote: RemoteChecks | None = None,
     ) -> dict[str, Any]:
         """The coordinator's part: evidence per unit and node, trust, robust aggregation per group
-        into ``agg_D``. Returns what :meth:`_after_step` needs."""
+        into ``agg_D``. Returns what :meth:`_after_step` needs. ``remote``: what the stage holders
+        of other processes reported (torchrun), in place of reading their messages directly."""
         exp, pp = self.exp, self.pp
         S, M, n = pp.num_stages, pp.replicas, exp.trust.num_nodes
         # ---- evidence per unit: rejected messages, cross-validation, parameter digests, group verdicts
         unit_ev = torch.zeros(M * S, dtype=torch.float64)
         reasons: dict[int, str] = {}
         contaminated: set[int] = set()  # replicas whose pipeline carried a caught tamper this step
-        for m, rp in enumerate(passes):
-            for s, k, why in rp.rejected:
-                u = pp.unit(m, s)
-                unit_ev[u], reasons[u] = 1.0, f"message rejected (micro-batch {k}): {why}"
-                contaminated.add(m)
+        rejected = (
+            remote.rejected
+            if remote is not None
+            else [(m, s, k, why) for m, rp in enumerate(passes) for s, k, why in rp.rejected]
+        )
+        for m, s, k, why in rejected:
+            u = pp.unit(m, s)
+            unit_ev[u], reasons[u] = 1.0, f"message rejected (micro-batch {k}): {why}"
+            contaminated.add(m)
         recomputations, verify_s = 0, 0.0
         with timer("security"):
             if pp.verifier is not None:
-                check = pp.verifier.check(pp.runner, passes, holder, r)
+                check = (
+                    remote.check
+                    if remote is not None and remote.check is not None
+                    else pp.verifier.check(pp.runner, passes, holder, r)
+                )
                 recomputations += check.checked
                 verify_s += check.seconds
                 for (m, s), why in check.failed.items():
@@ -235,7 +254,12 @@ class PipelineLoop(RoundLoop):
                     unit_ev[u] = 1.0
                     reasons.setdefault(u, "cross-validation: " + why)
                     contaminated.add(m)
-            if pp.monitor_params:
+            if pp.monitor_params and remote is not None:  # each holder's reported digest
+                for u in sorted(remote.tampered_units):
+                    unit_ev[u] = 1.0
+                    reasons.setdefault(u, "parameter digest differs from the coordinator's copy")
+                    contaminated.add(u // S)
+            elif pp.monitor_params:
                 for u, plan in enumerate(plans):
                     # an honest holder's copy is the coordinator's own tensor; only a holder that
                     # computes with another copy can differ, so only those are hashed here
@@ -350,6 +374,25 @@ class PipelineLoop(RoundLoop):
         rec["trust"] = [round(float(v), 4) for v in exp.trust.scores]
         rec["quarantined"] = exp.trust.quarantined_N.nonzero().flatten().tolist()
         rec["holders"] = list(exp.scheduler.holder)
+
+    def _share_migrations(self) -> None:
+        """After the coordinator's reassignment (torchrun): every process learns the stage holders,
+        and after a migration the restored parameters and optimizer state (from the last verified
+        snapshot) reach the process that now holds the stage (every process keeps a full copy)."""
+        exp = self.exp
+        holder_U = self.comm.broadcast(torch.tensor(exp.scheduler.holder, dtype=torch.int64))
+        moved = self.comm.broadcast(torch.tensor([len(self.migrations)], dtype=torch.int64))
+        if not self.coordinator:
+            exp.scheduler.holder = holder_U.tolist()
+        if int(moved[0]) == self._migrations_shared:
+            return
+        self._migrations_shared = int(moved[0])
+        with torch.no_grad():
+            self.comm.broadcast(exp.flat.params_D.data)
+            for state in exp.optimizer.opt.state.values():
+                for key in sorted(state):
+                    if isinstance(state[key], Tensor):
+                        self.comm.broadcast(state[key])
 
     def _recompute_row(self, rp: ReplicaPass, s: int) -> Tensor:
         """A verifier's honest stage-s gradient row of one replica: every micro-batch re-run on what

@@ -63,13 +63,22 @@ class PipelineParts:
 
 
 def check_processes(cfg: Config, *, multi_process: bool) -> None:
-    """A pipeline over several processes runs undefended for now (a clear error otherwise)."""
+    """What a pipeline over several processes cannot do yet (a clear error).
+
+    Cross-validation of stages, parameter digests, message checks and migration work across
+    processes (``pipeline_checks.py``); the stage-group statistics and row re-computation of hybrid
+    layouts (M >= 2 replicas) need every hop of a stage on the coordinator and do not yet.
+    """
     s = cfg.security
-    if multi_process and (s.attack_detection or s.gradient_verification):
+    if not (multi_process and (s.attack_detection or s.gradient_verification)):
+        return
+    replicas, _, _ = cfg.distributed.layout_numbers()
+    if replicas >= 2:
         raise ConfigError(
-            "parallelism=model/hybrid over several processes (torchrun) runs undefended for now (the "
-            "verifier needs each stage's received messages on the coordinator): set "
-            "security.attack_detection=false and security.gradient_verification=false, or run simulated"
+            f"a defended hybrid layout ({replicas} replicas) over several processes (torchrun) is not "
+            "supported yet: its stage-group checks need every stage's messages on the coordinator. "
+            "Run it simulated, or as one pipeline (replicas=1), or undefended "
+            "(security.attack_detection=false, security.gradient_verification=false)"
         )
 
 

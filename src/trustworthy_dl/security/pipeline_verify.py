@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from trustworthy_dl.attacks.attacker import derive_seed
-from trustworthy_dl.engine.pipeline_exec import ReplicaPass, StageRunner
+from trustworthy_dl.engine.pipeline_exec import Hop, ReplicaPass, StageRunner
 
 __all__ = ["PipelineCheck", "PipelineVerifier"]
 
@@ -75,36 +75,59 @@ class PipelineVerifier:
             k = max(k, 1)
         return sorted(torch.randperm(m, generator=gen)[:k].tolist())
 
+    def plan(
+        self, replicas: int, stages: int, micro: int, holder: list[int], round_idx: int
+    ) -> list[tuple[int, int, int]]:
+        """The (replica, stage, micro-batch) triples to re-run this step, unit by unit.
+
+        Decided by the coordinator from (seed, round) and its watch list; under torchrun it is sent
+        to the stage holders, which then report the sampled messages (see ``pipeline_checks.py``).
+        """
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, "pipeline-verify", round_idx))
+        return [
+            (m, s, k)
+            for m in range(replicas)
+            for s in range(stages)
+            for k in self._sample(micro, gen, holder[m * stages + s] in self._watch)
+        ]
+
     def check(
         self, runner: StageRunner, passes: list[ReplicaPass], holder: list[int], round_idx: int
     ) -> PipelineCheck:
         """Re-run sampled micro-batches of every unit; ``holder[m * S + s]`` is the unit's node."""
+        micro = len(passes[0].hops[0]) if passes else 0
+        samples = self.plan(len(passes), runner.num_stages, micro, holder, round_idx)
+        return self.judge(runner, {(m, s, k): passes[m].hops[s][k] for m, s, k in samples}, holder)
+
+    def judge(
+        self, runner: StageRunner, hops: dict[tuple[int, int, int], Hop], holder: list[int]
+    ) -> PipelineCheck:
+        """Re-run each sampled hop (in :meth:`plan`'s order) and compare what was sent; a unit's first
+        mismatch is evidence against its holder and ends that unit's checks."""
         t0 = time.perf_counter()
         S = runner.num_stages
         out = PipelineCheck()
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, "pipeline-verify", round_idx))
         failed_nodes: set[int] = set()
         passed_nodes: set[int] = set()
-        for m, rp in enumerate(passes):
-            for s in range(S):
-                node = holder[m * S + s]
-                for k in self._sample(len(rp.hops[s]), gen, node in self._watch):
-                    hop = rp.hops[s][k]
-                    y_ref, g_ref = runner.recompute_messages(s, hop)
-                    out.checked += 1
-                    why = None
-                    err = _mismatch(hop.y_out, y_ref, self.rtol, self.atol)
-                    if err is not None:
-                        why = f"output of micro-batch {k} differs (relative error {err:.3g})"
-                    elif s > 0 and g_ref is not None:
-                        err = _mismatch(hop.g_out, g_ref, self.rtol, self.atol)
-                        if err is not None:
-                            why = f"activation-gradient of micro-batch {k} differs (relative error {err:.3g})"
-                    if why is not None:
-                        out.failed.setdefault((m, s), why)
-                        failed_nodes.add(node)
-                        break
-                    passed_nodes.add(node)
+        for (m, s, k), hop in hops.items():
+            if (m, s) in out.failed:
+                continue
+            node = holder[m * S + s]
+            y_ref, g_ref = runner.recompute_messages(s, hop)
+            out.checked += 1
+            why = None
+            err = _mismatch(hop.y_out, y_ref, self.rtol, self.atol)
+            if err is not None:
+                why = f"output of micro-batch {k} differs (relative error {err:.3g})"
+            elif s > 0 and g_ref is not None:
+                err = _mismatch(hop.g_out, g_ref, self.rtol, self.atol)
+                if err is not None:
+                    why = f"activation-gradient of micro-batch {k} differs (relative error {err:.3g})"
+            if why is not None:
+                out.failed[(m, s)] = why
+                failed_nodes.add(node)
+                continue
+            passed_nodes.add(node)
         for node in failed_nodes:
             self._watch[node] = self.watch_rounds
         for node in passed_nodes - failed_nodes:

@@ -32,7 +32,12 @@ RESULTS = REPO / "benchmarks" / "results"
 
 MODELS = {
     "cnn": ["model.name=cnn", "data.name=digits", "training.batch_size=32"],
-    "resnet20": ["model.name=resnet20", "model.norm=group", "data.name=fashion-mnist", "training.batch_size=16"],
+    "resnet20": [
+        "model.name=resnet20",
+        "model.norm=group",
+        "data.name=fashion-mnist",
+        "training.batch_size=16",
+    ],
 }
 
 
@@ -49,7 +54,11 @@ def _run(mode: str, model: str, n: int, rounds: int, procs: int, threads: int) -
     ]
     if mode == "sharded":
         sets.append("aggregation.mode=sharded")
-    prefix = [] if mode == "simulated" else ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
+    prefix = (
+        []
+        if mode == "simulated"
+        else ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
+    )
     cmd = [sys.executable, *prefix, "-m", "trustworthy_dl", "run", "--quiet", "--out", str(out / "run")]
     cmd += [a for s in sets for a in ("--set", s)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads if mode == "simulated" else 1))
@@ -111,7 +120,12 @@ def main() -> None:
     for r in rows:
         print("| " + " | ".join("" if r.get(k) is None else str(r.get(k)) for k, _ in cols) + " |")
     RESULTS.mkdir(exist_ok=True)
-    meta = {"rounds": args.rounds, "procs": args.procs, "simulated_threads": args.threads, "cores": os.cpu_count()}
+    meta = {
+        "rounds": args.rounds,
+        "procs": args.procs,
+        "simulated_threads": args.threads,
+        "cores": os.cpu_count(),
+    }
     (RESULTS / "distributed.json").write_text(json.dumps({"settings": meta, "rows": rows}, indent=2))
 
 

@@ -176,13 +176,14 @@ def test_two_machine_launch_on_loopback(tmp_path: Path) -> None:
 
 
 @pytest.mark.distributed
-def test_sharded_aggregation_equals_gather(tmp_path: Path) -> None:
+def test_sharded_aggregation_and_security_equal_gather(tmp_path: Path) -> None:
     """No single aggregation point: each of 4 processes aggregates a quarter of the columns with the
-    all-reduced Gram matrix; the run equals the one-process (gather) run. (Every shardable rule is
-    checked against gather mode in-process by tests/test_sharding.py.)"""
-    rule = "krum"
-    overrides = [*BASE, "training.max_rounds=4", f"aggregation.name={rule}", "attack.name=sign_flip",
-                 "attack.byzantine_ids=[3]"]  # fmt: skip
+    all-reduced Gram matrix, and runs stage-1 detection and re-computation on its quarter with the
+    statistics summed over the processes; the run equals the one-process (gather) run. (Every
+    shardable rule is checked against gather mode in-process by tests/test_sharding.py.)"""
+    overrides = [*BASE, "training.max_rounds=5", "aggregation.name=krum", "attack.name=sign_flip",
+                 "attack.byzantine_ids=[3]", "security.attack_detection=true",
+                 "security.gradient_verification=true"]  # fmt: skip
     _ok(_run([], ["run", "--out", str(tmp_path / "gather")], overrides))
     _ok(
         _run(TORCHRUN4, ["run", "--out", str(tmp_path / "sharded")], [*overrides, "aggregation.mode=sharded"])
@@ -191,6 +192,9 @@ def test_sharded_aggregation_equals_gather(tmp_path: Path) -> None:
     for x, y in zip(a, b, strict=True):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-5, abs=1e-6)
         assert y["update_norm"] == pytest.approx(x["update_norm"], rel=1e-4, abs=1e-6)
+        assert y.get("quarantined") == x.get("quarantined") and y["trust"] == x["trust"]
+        assert y["security"].get("flagged") == x["security"].get("flagged")
+    assert _summary(tmp_path / "sharded")["trust"]["quarantined"] == [3]
     comm = _summary(tmp_path / "sharded")["communication"]
     assert comm["mode"] == "sharded"
     sent = [r["sent"] for r in comm["bytes_per_round"]]

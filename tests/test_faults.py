@@ -180,3 +180,25 @@ def test_simulated_faults_do_not_stop_training(tmp_path: Path) -> None:
     model = get_model("cnn", num_classes=10, in_channels=1, image_size=8, norm="group")
     model.load_state_dict(load_final_weights(tmp_path / "run" / "model.safetensors"))
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["weights"] == "model.safetensors"
+
+
+def test_a_group_stopped_before_the_dead_rank_was_named_is_still_reported(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from trustworthy_dl.engine.fault_log import FaultLog
+    from trustworthy_dl.engine.faults import LauncherStop, stop_on_sigterm
+
+    restore = stop_on_sigterm()
+    try:
+        with pytest.raises(LauncherStop, match="SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        restore()
+    log = FaultLog(FaultSchedule(), tmp_path)
+    log.append({"event": "group_stopped", "round": 7, "attempt": 0, "reason": "SIGTERM"})
+    log.append({"event": "resumed", "attempt": 1, "from_round": 6, "rounds_rerun": 1})
+    s = log.summary()
+    assert s is not None
+    (failure,) = s["rank_failures"]
+    assert failure["round"] == 7 and failure["rank"] is None and s["rounds_rerun"] == 1

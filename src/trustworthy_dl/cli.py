@@ -158,6 +158,9 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         *where,
         f"--nproc-per-node={args.nproc}",
         f"--max-restarts={restarts}",
+        # poll the workers once a second (torchrun's default is 0.1 s): when a rank dies, the
+        # coordinator then names it in faults.jsonl before the agent stops the group
+        "--monitor-interval=1",
         "-m",
         "trustworthy_dl",
         "run",

@@ -46,10 +46,6 @@ def cross_check(cfg: Config) -> None:
         from trustworthy_dl.aggregation.sharding import check_shardable
 
         check_shardable(cfg.aggregation.name, [p.name for p in cfg.aggregation.pre])
-        if cfg.security.attack_detection or cfg.security.gradient_verification:
-            raise ValueError(
-                "aggregation.mode=sharded runs without the coordinator's security layer (for now)"
-            )
         if cfg.distributed.parallelism != "data" or cfg.distributed.round_timeout_s is not None:
             raise ValueError(
                 "aggregation.mode=sharded needs data parallelism and no round_timeout_s "

@@ -11,7 +11,10 @@ There is no single aggregation point: after an all-to-all, process j holds every
   distances and applies the same coefficients to its own columns.
 
 Rules that look at the rows in other ways (DnC's random subspace, SignGuard's sign statistics)
-are not shardable and are refused by :func:`check_shardable`.
+are not shardable and are refused by :func:`check_shardable`. The security layer shards the same
+way: stage 1 samples the same global coordinates and sums its per-node statistics (MANDERA's rank
+moments, the distance scores' Gram matrix and dot products) over the processes; stage 2 compares a
+re-computed gradient slice by slice, the error norms summed over the processes.
 
 Legend: N rows, D columns, W processes, D_j process j's columns.
 """
@@ -32,6 +35,7 @@ __all__ = [
     "check_shardable",
     "column_bounds",
     "reduce_partial",
+    "shard_columns",
     "shard_reduction",
 ]
 
@@ -49,22 +53,32 @@ SHARDABLE_RULES = (
 SHARDABLE_PRE = ("nnm", "bucketing", "clip", "arc")
 
 _REDUCE: ContextVar[Callable[[Tensor], Tensor] | None] = ContextVar("tdl_shard_reduce", default=None)
+_COLUMNS: ContextVar[tuple[int, int, int] | None] = ContextVar("tdl_shard_columns", default=None)
 
 
 @contextmanager
-def shard_reduction(all_reduce_sum: Callable[[Tensor], Tensor]) -> Iterator[None]:
-    """Inside, column sums of the aggregation geometry are summed over the processes."""
-    token = _REDUCE.set(all_reduce_sum)
+def shard_reduction(
+    all_reduce_sum: Callable[[Tensor], Tensor], columns: tuple[int, int, int] | None = None
+) -> Iterator[None]:
+    """Inside, sums over columns (of the aggregation geometry, and of the security layer's
+    statistics) are summed over the processes; ``columns`` = (first, end, D) of this process's slice."""
+    token, ctoken = _REDUCE.set(all_reduce_sum), _COLUMNS.set(columns)
     try:
         yield
     finally:
         _REDUCE.reset(token)
+        _COLUMNS.reset(ctoken)
 
 
 def reduce_partial(partial: Tensor) -> Tensor:
     """A sum over this process's columns, made the sum over all columns (identity when unsharded)."""
     fn = _REDUCE.get()
     return partial if fn is None else fn(partial)
+
+
+def shard_columns() -> tuple[int, int, int] | None:
+    """(first, end, D) of this process's column slice inside a sharded round; None otherwise."""
+    return _COLUMNS.get() if _REDUCE.get() is not None else None
 
 
 def column_bounds(num_cols: int, parts: int) -> list[int]:

@@ -97,6 +97,13 @@ class FaultLog:
         if not self.outages and not events and not self.schedule.faults:
             return None
         failures = [e for e in events if e.get("event") == "rank_failed"]
+        named = {e.get("attempt") for e in failures}
+        # a group stopped by the launcher before the coordinator could name the dead rank
+        failures += [
+            {**e, "rank": None, "nodes": None}
+            for e in events
+            if e.get("event") == "group_stopped" and e.get("attempt") not in named
+        ]
         resumes = [e for e in events if e.get("event") == "resumed"]
         return {
             "configured": [f.model_dump() for f in self.schedule.faults],

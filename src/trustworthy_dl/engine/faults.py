@@ -29,13 +29,33 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from trustworthy_dl.config import FaultConfig
 
-__all__ = ["FaultSchedule", "restart_attempt"]
+__all__ = ["FaultSchedule", "LauncherStop", "restart_attempt", "stop_on_sigterm"]
+
+
+class LauncherStop(Exception):
+    """torchrun's agent sent SIGTERM: it is tearing the group down (a rank died)."""
+
+
+def stop_on_sigterm() -> Callable[[], None]:
+    """Turn SIGTERM into :class:`LauncherStop` in this (main) thread, so that the coordinator can
+    record the stop before it exits; returns the function that restores the previous handler."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise LauncherStop("SIGTERM from the launcher: it stops the group when a rank fails")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
 
 
 def restart_attempt() -> int:

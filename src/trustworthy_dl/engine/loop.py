@@ -33,7 +33,7 @@ from trustworthy_dl.aggregation import AggResult
 from trustworthy_dl.attacks.coalition import coalition_view
 from trustworthy_dl.engine.checkpoint import CHECKPOINT, restore, save_checkpoint
 from trustworthy_dl.engine.fault_log import FaultLog
-from trustworthy_dl.engine.faults import restart_attempt
+from trustworthy_dl.engine.faults import LauncherStop, restart_attempt, stop_on_sigterm
 from trustworthy_dl.engine.probe import RoundAggregation
 from trustworthy_dl.engine.round_record import CoordinatorRecord
 from trustworthy_dl.engine.run_summary import extra_plots, run_summary, traffic_summary
@@ -61,6 +61,10 @@ class RunResult:
     summary: dict[str, Any]
     out_dir: Path | None
     experiment: Experiment
+
+
+def _no_op() -> None:
+    return None
 
 
 class RoundLoop:
@@ -93,6 +97,8 @@ class RoundLoop:
         # digests of every node's parameter copy travel in the meta columns (torch backend, security on)
         self.digest_cols = 32 if exp.security is not None and not exp.comm.shares_parameters else 0
         self.agg_out: Tensor | None = None  # sharded mode: this process's slice of the aggregate
+        self.recompute_cols: slice | None = None  # sharded mode: the columns a re-computation is compared on
+        self.current_round = 0
         self.was_late = False  # this rank missed the last round's deadline (told by the coordinator)
         self.skip_until = 0  # rounds before it were skipped to catch up
         self.sharded = exp.cfg.aggregation.mode == "sharded" and exp.comm.world_size > 1
@@ -121,7 +127,8 @@ class RoundLoop:
         def recompute(node: int) -> Tensor:
             x, y = self.exp.batch(node, r, assignment[node])
             assert self.exp.computer is not None
-            return self.exp.computer.gradient(x, y)[0]
+            grad_D = self.exp.computer.gradient(x, y)[0]
+            return grad_D if self.recompute_cols is None else grad_D[self.recompute_cols]
 
         return recompute
 
@@ -402,8 +409,10 @@ class RoundLoop:
             exp.total_rounds - self.start_round, enabled=self.coordinator and cfg.output.progress
         )
         t0 = time.perf_counter()
+        restore_sigterm = stop_on_sigterm() if self.coordinator and self.comm.world_size > 1 else _no_op
         try:
             for r in range(self.start_round, exp.total_rounds):
+                self.current_round = r
                 if r < self.skip_until:  # skipped by a lagging rank to catch up
                     continue
                 rec = sharded_round(self, r) if self.sharded else self._round(r)
@@ -431,7 +440,19 @@ class RoundLoop:
                 }
             )
             raise
+        except LauncherStop as stop:
+            # torchrun tore the group down (a rank died) before this coordinator could name it
+            self.faults.append(
+                {
+                    "event": "group_stopped",
+                    "round": self.current_round,
+                    "attempt": restart_attempt(),
+                    "reason": str(stop),
+                }
+            )
+            raise SystemExit(143) from None
         finally:
+            restore_sigterm()
             progress.close()
             self.log.close()
         wall = self.wall_before + time.perf_counter() - t0

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 # Importing the method modules registers them.
+from trustworthy_dl.aggregation.sharding import reduce_partial, shard_columns
 from trustworthy_dl.security import distance as _distance  # noqa: F401
 from trustworthy_dl.security import mandera as _mandera  # noqa: F401
 from trustworthy_dl.security.base import DETECTION_METHODS, finite_rows, json_list, sample_coords
@@ -112,10 +113,18 @@ class Stage1Detector:
         if generator is None:
             generator = torch.Generator().manual_seed(0)
         finite_N = finite_rows(updates_ND).cpu()
+        cols = shard_columns()
+        if cols is not None:  # sharded round: a row is finite if every process's slice of it is
+            finite_N = reduce_partial((~finite_N).to(torch.float64)) == 0
         if present_N is not None:
             finite_N |= ~present_N.bool().cpu()  # a missing row is not "non-finite"
         use_N = finite_N if present_N is None else finite_N & present_N.bool().cpu()
-        idx_d = sample_coords(dim, self.num_coords, generator)
+        if cols is None:
+            idx_d = sample_coords(dim, self.num_coords, generator)
+        else:  # the coordinates gather mode would sample, those in this process's slice
+            lo, hi, full = cols
+            g_d = sample_coords(full, self.num_coords, generator)
+            idx_d = None if g_d is None else g_d[(g_d >= lo) & (g_d < hi)] - lo
         x_Nd = updates_ND if idx_d is None else updates_ND.index_select(1, idx_d.to(updates_ND.device))
         x_Md = x_Nd[use_N.to(x_Nd.device)].float().cpu()
         ref_d = None
@@ -148,7 +157,9 @@ class Stage1Detector:
             "flagged_by": flagged_by,
             "scores": {name: json_list(scores_KN[k], 3) for k, name in enumerate(self.methods)},
             "methods": method_info,
-            "num_coords": dim if idx_d is None else int(idx_d.numel()),
+            "num_coords": (dim if idx_d is None else int(idx_d.numel()))
+            if cols is None
+            else int(reduce_partial(torch.tensor([float(dim if idx_d is None else idx_d.numel())]))[0]),
             "seconds": time.perf_counter() - t0,
         }
         return Stage1Result(flags_N, scores_N, flags_N.to(torch.float64), info)

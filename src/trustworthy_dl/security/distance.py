@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from trustworthy_dl.aggregation import AGGREGATORS
+from trustworthy_dl.aggregation.sharding import reduce_partial, shard_columns
 from trustworthy_dl.security.base import DETECTION_METHODS, MethodResult, json_list, robust_z
 
 __all__ = ["DEFAULT_THRESHOLDS", "DISTANCE_SCORES", "distance", "distance_statistics"]
@@ -70,7 +71,7 @@ def distance_statistics(
     """
     n = x_Nd.shape[0]
     x = x_Nd.to(torch.float64)
-    gram_NN = x @ x.t()
+    gram_NN = reduce_partial(x @ x.t())  # sharded round: over every process's coordinates
     sq_N = gram_NN.diagonal()
     d2_NN = (sq_N[:, None] + sq_N[None, :] - 2 * gram_NN).clamp(min=0)
     d2_NN.fill_diagonal_(float("inf"))
@@ -92,7 +93,10 @@ def _cosine(x_Nd: Tensor, norms_N: Tensor, reference_d: Tensor | None, populatio
         ref_d = AGGREGATORS.get("median")(pop_Md.float(), f=0).value_D.to(torch.float64)
     else:
         ref_d = reference_d.to(torch.float64)
-    return (x_Nd @ ref_d) / (norms_N * ref_d.norm()).clamp(min=_TINY)
+    if shard_columns() is None:
+        return (x_Nd @ ref_d) / (norms_N * ref_d.norm()).clamp(min=_TINY)
+    parts = reduce_partial(torch.cat([x_Nd @ ref_d, ref_d.square().sum().reshape(1)]))
+    return parts[:-1] / (norms_N * parts[-1].sqrt()).clamp(min=_TINY)
 
 
 @DETECTION_METHODS.register("distance")

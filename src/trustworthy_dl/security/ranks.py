@@ -19,6 +19,8 @@ import math
 import torch
 from torch import Tensor
 
+from trustworthy_dl.aggregation.sharding import reduce_partial, shard_columns
+
 __all__ = ["average_ranks", "rank_features"]
 
 
@@ -72,6 +74,19 @@ def rank_features(x_Nd: Tensor) -> Tensor:
     ranks_Nd = average_ranks(x_Nd).to(torch.float64)
     centre = (n + 1) / 2
     spread = math.sqrt(max(n * n - 1, 1) / 12)
-    mean_N = ranks_Nd.mean(dim=1)
-    std_N = ranks_Nd.std(dim=1, correction=0)
+    if shard_columns() is None:
+        mean_N = ranks_Nd.mean(dim=1)
+        std_N = ranks_Nd.std(dim=1, correction=0)
+    else:  # sharded round: the moments of every process's coordinates
+        sums = reduce_partial(
+            torch.stack(
+                [
+                    ranks_Nd.sum(dim=1),
+                    ranks_Nd.square().sum(dim=1),
+                    torch.full((n,), float(ranks_Nd.shape[1]), dtype=torch.float64),
+                ]
+            )
+        )
+        mean_N = sums[0] / sums[2]
+        std_N = (sums[1] / sums[2] - mean_N.square()).clamp(min=0).sqrt()
     return torch.stack([(mean_N - centre) / spread, std_N / spread - 1.0], dim=1)

@@ -42,6 +42,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from trustworthy_dl.aggregation.sharding import reduce_partial, shard_columns
+
 __all__ = ["GradientVerifier", "VerificationResult"]
 
 
@@ -191,11 +193,15 @@ class GradientVerifier:
         for node in nodes:
             sent_D = updates_ND[node]
             ref_D = recompute(node).to(device=sent_D.device, dtype=sent_D.dtype).reshape(sent_D.shape)
-            ref_norm = float(torch.linalg.vector_norm(ref_D))
+            if shard_columns() is None:
+                ref_norm = float(torch.linalg.vector_norm(ref_D))
+                err = float(torch.linalg.vector_norm(sent_D - ref_D))
+            else:  # sharded round: each process compares its slice; the squared norms are summed
+                sq = torch.stack([ref_D.double().square().sum(), (sent_D - ref_D).double().square().sum()])
+                ref_norm, err = (float(v) for v in reduce_partial(sq.cpu()).sqrt())
             if not math.isfinite(ref_norm):
                 res["inconclusive"].append(node)
                 continue
-            err = float(torch.linalg.vector_norm(sent_D - ref_D))
             res["rel_errors"][node] = err / ref_norm if ref_norm > 0 else (0.0 if err == 0 else math.inf)
             if not err <= self.atol + self.rtol * ref_norm:  # also catches a NaN error
                 res["mismatched"].append(node)

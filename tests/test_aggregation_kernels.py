@@ -7,6 +7,10 @@ Bulyan's window), the mixing path of the block driver, and MDA's diameter search
 from __future__ import annotations
 
 import itertools
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -344,7 +348,78 @@ def test_native_build_passes_each_kernels_flags(tmp_path: Path, monkeypatch: pyt
     src = "#ifndef TDL_FLAG_CHECK\n#error per-kernel flags were not passed\n#endif\nint tdl_ok(void) { return 7; }\n"
     lib = _native._build(src, "flagcheck", ("-DTDL_FLAG_CHECK",))
     assert lib is not None and lib.tdl_ok() == 7
-    assert list((tmp_path / "kernels").glob("flagcheck-*.so"))
+    cache = tmp_path / f"kernels-u{os.getuid()}"
+    assert list(cache.glob("flagcheck-*.so"))
+    assert cache.stat().st_mode & 0o777 == 0o700  # a private cache
+
+
+@needs_cc
+def test_a_cached_library_others_can_write_is_not_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TDL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_native, "_warned", False)
+    src = "int tdl_ok(void) { return 7; }\n"
+    assert _native._build(src, "owncheck", ()) is not None
+    (lib,) = (tmp_path / f"kernels-u{os.getuid()}").glob("owncheck-*.so")
+    lib.chmod(0o777)  # anyone could have replaced it
+    with pytest.warns(UserWarning, match="refusing to load"):
+        assert _native._build(src, "owncheck", ()) is None
+    (tmp_path / f"kernels-u{os.getuid()}").chmod(0o777)
+    monkeypatch.setattr(_native, "_warned", False)
+    with pytest.warns(UserWarning, match="not private to this user"):
+        assert _native._build(src, "owncheck2", ()) is None
+
+
+@needs_cc
+def test_the_cache_keeps_the_newest_libraries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TDL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_native, "CACHE_ENTRIES", 2)
+    for k in range(4):
+        assert _native._build(f"int tdl_k{k}(void) {{ return {k}; }}\n", f"prune{k}", ()) is not None
+    left = sorted(p.name.split("-")[0] for p in (tmp_path / f"kernels-u{os.getuid()}").glob("*.so"))
+    assert left == ["prune2", "prune3"]
+
+
+_PORTABLE_CHECK = """
+import sys, torch
+from trustworthy_dl.aggregation import get_aggregator
+g = torch.Generator().manual_seed(3)
+X = torch.randn(9, 70_001, generator=g)
+X[4] *= 20
+res = {r: get_aggregator(r, f=2)(X) for r in ("median", "trimmed_mean", "krum", "geometric_median")}
+torch.save({r: v.value_D for r, v in res.items()} | {"kernel": res["median"].info.get("kernel")}, sys.argv[1])
+"""
+
+
+@needs_cc
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 march levels")
+@pytest.mark.parametrize("march", ["x86-64", "x86-64-v3"])
+def test_kernels_build_and_agree_on_portable_x86_levels(tmp_path: Path, march: str) -> None:
+    """Every kernel compiles for baseline x86-64 and AVX2 (no AVX-512 asm or intrinsics outside
+    their guards) and gives the torch path's results: bitwise for the sorting networks, allclose
+    for the Gram-based rules."""
+    out = {}
+    for native in ("1", "0"):
+        env = dict(os.environ, TDL_NATIVE=native, TDL_NATIVE_MARCH=march, TDL_CACHE_DIR=str(tmp_path))
+        env["OMP_NUM_THREADS"] = "1"
+        path = tmp_path / f"out-{native}.pt"
+        proc = subprocess.run(
+            [sys.executable, "-W", "error::UserWarning", "-c", _PORTABLE_CHECK, str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[native] = torch.load(path)
+    assert out["1"]["kernel"] == "native" and out["0"]["kernel"] != "native"
+    for r in ("median", "trimmed_mean"):
+        assert torch.equal(out["1"][r], out["0"][r]), r
+    for r in ("krum", "geometric_median"):
+        torch.testing.assert_close(out["1"][r], out["0"][r], rtol=1e-5, atol=1e-6)
+    built = [p.name for p in (tmp_path / f"kernels-u{os.getuid()}").glob("*.so")]
+    assert {n.split("-")[0] for n in built} >= {"centred_gram", "middle_mean"}
 
 
 @needs_cc

@@ -24,10 +24,20 @@ from trustworthy_dl.errors import TdlError
 __all__ = ["main"]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trustworthy-dl")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tdl", description="Byzantine-robust distributed training and evaluation."
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def config_args(sp: argparse.ArgumentParser) -> None:
@@ -253,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tdl: interrupted; files written so far are kept", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `tdl list models | head`: the reader left; nothing more to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that Python's exit flush does not fail again
+        return 0
 
 
 if __name__ == "__main__":

@@ -8,13 +8,14 @@ the valid choices.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trustworthy_dl.config_yaml import load_yaml_text, read_yaml
 from trustworthy_dl.errors import ConfigError, TdlError
 
 __all__ = [
@@ -36,8 +37,43 @@ __all__ = [
 ]
 
 
+#: Upper bound of integer settings that have no tighter one of their own.
+MAX_INT = 10**9
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """A config section. Strict: a boolean must be a boolean and an integer an integer (no ``true``
+    as 1, no 8.5 as 8, no 0 as false); floats must be finite; a numeric string such as ``5e-5``
+    (YAML 1.1 reads it as text) is accepted for a float field."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numeric_strings(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            if field is None or not isinstance(value, str):
+                continue
+            ann = field.annotation
+            if ann is float or float in get_args(ann):
+                with contextlib.suppress(ValueError):  # not a number: the schema reports it
+                    out[name] = float(value.strip())
+        return out
+
+    @model_validator(mode="after")
+    def _int_bounds(self) -> Any:
+        """Every integer without its own upper bound is at most MAX_INT (no run needs more; a
+        larger one is a typo that would otherwise allocate or loop without end)."""
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            has_le = any(hasattr(m, "le") or hasattr(m, "lt") for m in field.metadata)
+            if isinstance(value, int) and not isinstance(value, bool) and not has_le and value > MAX_INT:
+                raise ValueError(f"{name}={value} is larger than {MAX_INT:.0e}")
+        return self
 
 
 class ModelConfig(_Section):
@@ -62,7 +98,11 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    name: str = Field("digits", description="Dataset registry name (see `tdl list datasets`).")
+    name: str = Field(
+        "",
+        description="Dataset registry name (see `tdl list datasets`); unset: digits for an image model, "
+        "the built-in text corpus for a text model.",
+    )
     root: str | None = Field(
         None,
         description="Directory holding the dataset files. None: $TDL_DATA_ROOT, ./data, ../shared/data, in that order.",
@@ -74,7 +114,7 @@ class DataConfig(_Section):
         0.5, gt=0, description="Dirichlet concentration (label skew grows as alpha shrinks)."
     )
     shards_per_node: int = Field(2, ge=1, description="Label-sorted shards per node for partition=shards.")
-    block_size: int = Field(64, ge=2, description="Tokens per sequence for text datasets.")
+    block_size: int = Field(64, ge=2, le=1 << 16, description="Tokens per sequence for text datasets.")
     tokenizer: Literal["byte", "gpt2"] = Field(
         "byte", description="Text tokenizer; gpt2 needs local BPE files."
     )
@@ -87,14 +127,16 @@ class DataConfig(_Section):
     def _known(cls, v: str) -> str:
         from trustworthy_dl.data import DATASETS
 
+        if v == "":  # unset: chosen from the model's kind (Config)
+            return v
         if v not in DATASETS:
             raise ValueError(f"unknown dataset {v!r}; valid: {', '.join(DATASETS.names())}")
         return DATASETS.canonical(v)
 
 
 class TrainingConfig(_Section):
-    batch_size: int = Field(32, ge=1, description="Samples per node per round.")
-    learning_rate: float = Field(0.05, gt=0)
+    batch_size: int = Field(32, ge=1, le=1 << 20, description="Samples per node per round.")
+    learning_rate: float = Field(0.05, gt=0, le=1000)
     num_epochs: int = Field(10, ge=1, description="Passes over the training data.")
     max_rounds: int | None = Field(None, ge=1, description="Stop after this many rounds (caps num_epochs).")
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
@@ -110,7 +152,7 @@ class TrainingConfig(_Section):
 
 
 class DistributedConfig(_Section):
-    num_nodes: int = Field(8, ge=1, description="Worker nodes N.")
+    num_nodes: int = Field(8, ge=1, le=100_000, description="Worker nodes N (at most 100,000).")
     parallelism: Literal["data", "model", "hybrid"] = "data"
     backend: Literal["simulated", "torch"] = Field(
         "simulated",
@@ -347,7 +389,7 @@ class OutputConfig(_Section):
 
 
 class Config(_Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -365,6 +407,11 @@ class Config(_Section):
     @model_validator(mode="after")
     def _cross_field(self) -> Config:
         from trustworthy_dl.config_checks import cross_check
+        from trustworthy_dl.models import MODELS, model_kind
+
+        if self.data.name == "" and self.model.name in MODELS:  # the default dataset fits the model
+            default = "text" if model_kind(self.model.name) == "text" else "digits"
+            object.__setattr__(self.data, "name", default)
 
         cross_check(self)
         return self
@@ -403,9 +450,14 @@ def _format_validation_error(err: ValidationError) -> str:
             continue
         msg = e["msg"].removeprefix("Value error, ")
         value = e.get("input")
-        shown = "" if isinstance(value, dict) or e["type"] == "missing" else f" (got {value!r})"
-        lines.append(f"{path}: {msg}{shown}")
-    return "invalid config:\n  " + "\n  ".join(lines)
+        shown = "" if isinstance(value, dict) or e["type"] == "missing" else f" (got {_short(value)})"
+        lines.append(f"{path}: {msg}{shown}".replace("\n", " "))
+    return "invalid config: " + "; ".join(lines)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _model_at(path: list[str]) -> type[BaseModel] | None:
@@ -433,10 +485,14 @@ def config_from_dict(data: dict[str, Any] | None) -> Config:
 
 
 def _parse_value(text: str) -> Any:
+    """A ``--set`` value as YAML (``0.1``, ``[1, 2]``, ``true``); text that is not YAML stays text.
+    Aliases, deep nesting and duplicate keys are errors, as in files."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+        return load_yaml_text(text, what=f"--set value {text[:40]!r}")
+    except ConfigError as err:
+        if "is not valid YAML" in str(err):
+            return text
+        raise
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -455,24 +511,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ConfigError(f"override {item!r}: {k} is not a section")
             node = nxt
         node[keys[-1]] = _parse_value(raw)
-    return data
-
-
-def read_yaml(
-    path: str | Path, *, what: str = "config file", holds: str = "a mapping of sections"
-) -> dict[str, Any]:
-    """A YAML file that must hold a mapping (empty file: {}); errors name the file as ``what``."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{what} {str(p)!r} not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{what} {str(p)!r} is not valid YAML: {err}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} {str(p)!r} must hold {holds}, got {type(data).__name__}")
     return data
 
 

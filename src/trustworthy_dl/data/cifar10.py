@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from trustworthy_dl.data.paths import find_dataset_dir
-from trustworthy_dl.data.registry import DatasetBundle, register_dataset
+from trustworthy_dl.data.registry import DatasetBundle, DatasetInfo, register_dataset
 from trustworthy_dl.errors import DataError
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def _class_names(directory: Path) -> list[str] | None:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
-@register_dataset("cifar10", "cifar-10")
+@register_dataset("cifar10", "cifar-10", info=DatasetInfo("image", (3, 32, 32), 10))
 def load_cifar10(cfg: DataConfig) -> DatasetBundle:
     """CIFAR-10: x float32 (n, 3, 32, 32) standardised per channel, y int64; 50000 / 10000."""
     directory = find_dataset_dir(

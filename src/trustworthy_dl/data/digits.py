@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from trustworthy_dl.data.registry import DatasetBundle, register_dataset
+from trustworthy_dl.data.registry import DatasetBundle, DatasetInfo, register_dataset
 
 if TYPE_CHECKING:
     from trustworthy_dl.config import DataConfig
@@ -39,7 +39,7 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     return train_idx, test_idx
 
 
-@register_dataset("digits", "sklearn-digits")
+@register_dataset("digits", "sklearn-digits", info=DatasetInfo("image", (1, 8, 8), 10))
 def load_digits(cfg: DataConfig) -> DatasetBundle:
     """Digits as x float32 (n, 1, 8, 8), standardised with the train mean/std, and y int64."""
     from sklearn.datasets import load_digits as _sk_load_digits

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from trustworthy_dl.data.paths import find_dataset_dir, find_file
-from trustworthy_dl.data.registry import DatasetBundle, register_dataset
+from trustworthy_dl.data.registry import DatasetBundle, DatasetInfo, register_dataset
 from trustworthy_dl.errors import DataError
 
 if TYPE_CHECKING:
@@ -139,13 +139,15 @@ def load_idx_dataset(name: str, cfg: DataConfig) -> DatasetBundle:
     )
 
 
-@register_dataset("mnist")
+@register_dataset("mnist", info=DatasetInfo("image", (1, 28, 28), 10))
 def load_mnist(cfg: DataConfig) -> DatasetBundle:
     """MNIST handwritten digits: 60000 train / 10000 test, 10 classes."""
     return load_idx_dataset("mnist", cfg)
 
 
-@register_dataset("fashion-mnist", "fashion_mnist", "fashionmnist")
+@register_dataset(
+    "fashion-mnist", "fashion_mnist", "fashionmnist", info=DatasetInfo("image", (1, 28, 28), 10)
+)
 def load_fashion_mnist(cfg: DataConfig) -> DatasetBundle:
     """Fashion-MNIST (Xiao et al. 2017): 60000 train / 10000 test, 10 clothing classes."""
     return load_idx_dataset("fashion-mnist", cfg)

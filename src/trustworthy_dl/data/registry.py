@@ -13,7 +13,15 @@ from trustworthy_dl.registry import Registry
 if TYPE_CHECKING:
     from trustworthy_dl.config import DataConfig
 
-__all__ = ["DATASETS", "DatasetBundle", "list_datasets", "load_dataset", "register_dataset"]
+__all__ = [
+    "DATASETS",
+    "DATASET_INFO",
+    "DatasetBundle",
+    "DatasetInfo",
+    "list_datasets",
+    "load_dataset",
+    "register_dataset",
+]
 
 
 @dataclass
@@ -45,7 +53,24 @@ DatasetLoader = Callable[["DataConfig"], DatasetBundle]
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
 
 
-def register_dataset(name: str, *aliases: str) -> Callable[[DatasetLoader], DatasetLoader]:
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is before it is loaded (validation checks a config against it).
+
+    ``shape``: one sample's input shape (images: C, H, W; text: () -- the block size decides);
+    ``classes``: labels (images) or the largest vocabulary its tokenizers produce (text)."""
+
+    kind: Literal["image", "text"]
+    shape: tuple[int, ...]
+    classes: int
+
+
+#: Canonical dataset name -> :class:`DatasetInfo`.
+DATASET_INFO: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(name: str, *aliases: str, info: DatasetInfo) -> Callable[[DatasetLoader], DatasetLoader]:
+    DATASET_INFO[name] = info
     return DATASETS.register(name, *aliases)
 
 

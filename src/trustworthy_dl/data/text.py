@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from trustworthy_dl.data.paths import find_dataset_dir
-from trustworthy_dl.data.registry import DatasetBundle, register_dataset
+from trustworthy_dl.data.registry import DatasetBundle, DatasetInfo, register_dataset
 from trustworthy_dl.data.tokenizer import get_tokenizer
 from trustworthy_dl.errors import DataError
 
@@ -106,7 +106,7 @@ def text_bundle(name: str, text: str, cfg: DataConfig, source: str) -> DatasetBu
     )
 
 
-@register_dataset("text")
+@register_dataset("text", info=DatasetInfo("text", (), 50257))
 def load_text(cfg: DataConfig) -> DatasetBundle:
     """``*.txt`` files under ``data.root``, or the built-in corpus when root is unset."""
     if cfg.root is None:
@@ -115,7 +115,7 @@ def load_text(cfg: DataConfig) -> DatasetBundle:
     return text_bundle("text", text, cfg, ", ".join(str(f.resolve()) for f in files))
 
 
-@register_dataset("tinyshakespeare", "tiny-shakespeare", "shakespeare")
+@register_dataset("tinyshakespeare", "tiny-shakespeare", "shakespeare", info=DatasetInfo("text", (), 50257))
 def load_tinyshakespeare(cfg: DataConfig) -> DatasetBundle:
     """Tiny Shakespeare (1.1 MB, Karpathy's char-rnn corpus) from ``tinyshakespeare/input.txt``."""
     directory = find_dataset_dir(

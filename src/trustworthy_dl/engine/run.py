@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from trustworthy_dl.config import Config
@@ -13,7 +14,7 @@ from trustworthy_dl.engine.faults import FaultSchedule, restart_attempt
 from trustworthy_dl.engine.loop import RoundLoop, RunResult
 from trustworthy_dl.engine.setup import build_experiment, check_supported
 from trustworthy_dl.errors import ConfigError
-from trustworthy_dl.report.rundir import prepare_run_dir
+from trustworthy_dl.report.rundir import check_run_dir, prepare_run_dir
 
 __all__ = ["run_experiment"]
 
@@ -37,6 +38,7 @@ def run_experiment(
     try:
         target: Path | None = None
         state = records = None
+        prepare: Callable[[], None] | None = None  # what the start writes, once it is known to start
         if resume:
             if out_dir is None:
                 raise ConfigError("resume needs the run directory")
@@ -47,21 +49,37 @@ def run_experiment(
             check_config(state, cfg.to_dict())  # before touching any file
             if comm.is_coordinator:
                 target = run_dir
-                records, rerun = _keep_records(run_dir / "metrics.jsonl", int(state["next_round"]))
-                if restarted:
-                    _note_restart(run_dir, int(state["next_round"]), rerun)
+                next_round = int(state["next_round"])
+
+                def prepare() -> None:
+                    nonlocal records
+                    records, rerun = _keep_records(run_dir / "metrics.jsonl", next_round)
+                    if restarted:
+                        _note_restart(run_dir, next_round, rerun)
+
         elif restarted == "restart":  # no checkpoint yet: from round 0, in the same directory
             if comm.is_coordinator:
                 assert out_dir is not None
                 target = Path(out_dir)
-                _, rerun = _keep_records(target / "metrics.jsonl", 0)
-                _note_restart(target, 0, rerun)
+
+                def prepare() -> None:
+                    assert target is not None
+                    _, rerun = _keep_records(target / "metrics.jsonl", 0)
+                    _note_restart(target, 0, rerun)
+
         elif write and comm.is_coordinator:
             target = Path(out_dir) if out_dir is not None else cfg.resolved_output_dir()
+            check_run_dir(target, overwrite=cfg.output.overwrite)  # refuse early, write nothing yet
             resolved = cfg.to_dict()
             resolved["output"]["dir"] = str(target)
-            prepare_run_dir(target, overwrite=cfg.output.overwrite, config=resolved)
-        exp = build_experiment(cfg, comm)
+
+            def prepare() -> None:
+                assert target is not None
+                prepare_run_dir(target, overwrite=cfg.output.overwrite, config=resolved)
+
+        exp = build_experiment(cfg, comm)  # data and model: a failed start leaves no file behind
+        if prepare is not None:
+            prepare()
         if exp.pipeline is not None:
             from trustworthy_dl.engine.pipeline_loop import PipelineLoop
 

@@ -11,13 +11,13 @@ import yaml
 
 from trustworthy_dl.errors import ConfigError
 
-__all__ = ["RUN_FILES", "prepare_run_dir", "write_json_atomic"]
+__all__ = ["RUN_FILES", "check_run_dir", "prepare_run_dir", "write_json_atomic"]
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
 
 
-def prepare_run_dir(path: Path, *, overwrite: bool, config: dict[str, Any]) -> Path:
-    """Create ``path`` and write the resolved config; refuse to write over an earlier run."""
+def check_run_dir(path: Path, *, overwrite: bool) -> None:
+    """Refuse, before anything is written, a path that is not a directory or holds a run."""
     if path.exists() and not path.is_dir():
         raise ConfigError(f"output.dir {str(path)!r} exists and is not a directory")
     existing = [f for f in RUN_FILES if (path / f).exists()]
@@ -26,6 +26,11 @@ def prepare_run_dir(path: Path, *, overwrite: bool, config: dict[str, Any]) -> P
             f"output.dir {str(path)!r} already holds a run ({', '.join(existing)}); "
             "choose another --out or set output.overwrite=true"
         )
+
+
+def prepare_run_dir(path: Path, *, overwrite: bool, config: dict[str, Any]) -> Path:
+    """Create ``path`` and write the resolved config; refuse to write over an earlier run."""
+    check_run_dir(path, overwrite=overwrite)
     path.mkdir(parents=True, exist_ok=True)
     if overwrite:
         for f in ("metrics.jsonl", "summary.json"):

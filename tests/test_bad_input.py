@@ -233,3 +233,8 @@ def test_garbage_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str], blob:
     assert code in (0, 2) and "Traceback" not in out.err
     if code == 2:
         assert "\n" not in out.err.strip()
+
+
+def test_validate_refuses_what_run_refuses(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "--set", "privacy.enabled=true"]) == 2
+    assert "not implemented" in capsys.readouterr().err

@@ -210,7 +210,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     import yaml
 
-    print(yaml.safe_dump(_load(args).to_dict(), sort_keys=False), end="")
+    from trustworthy_dl.engine.setup import check_supported
+
+    cfg = _load(args)
+    check_supported(cfg)  # what `run` refuses before it starts, refused here too
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0
 
 

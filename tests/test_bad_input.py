@@ -51,6 +51,7 @@ def _write(tmp_path: Path, data: Any, name: str = "c.yaml") -> Path:
         ("seed: !!python/object/apply:os.system [ls]\n", "python/object/apply"),
         ("seed: 1\n---\nseed: 2\n", "single document"),
         ("- 1\n- 2\n", "must hold a mapping"),
+        ("# only a comment\n", "is empty"),
     ],
 )
 def test_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: Any, needle: str) -> None:

@@ -5,7 +5,7 @@ file and the problem; never a traceback, and never work that grows with what the
 
 * the file must be UTF-8 text (a NUL byte or an invalid sequence is refused with its position) of
   at most :data:`MAX_BYTES`;
-* one document (``---`` separating several is refused);
+* one document (``---`` separating several is refused), not empty;
 * YAML's safe subset: no ``!!python/...`` tags; no anchors and aliases (an alias bomb expands
   exponentially when the config is walked, and configs do not need them);
 * a duplicate key in a mapping is refused (YAML would keep the last one silently);
@@ -99,7 +99,7 @@ def load_yaml_text(text: str, *, what: str) -> Any:
 def read_yaml(
     path: str | Path, *, what: str = "config file", holds: str = "a mapping of sections"
 ) -> dict[str, Any]:
-    """A YAML file that must hold a mapping (empty file: {}); errors name the file as ``what``."""
+    """A YAML file that must hold a mapping; errors name the file as ``what``."""
     p = Path(path)
     name = f"{what} {str(p)!r}"
     if not p.is_file():
@@ -118,8 +118,8 @@ def read_yaml(
     except UnicodeDecodeError as err:
         raise ConfigError(f"{name} is not UTF-8 text (invalid byte at offset {err.start})") from None
     data = load_yaml_text(text, what=name)
-    if data is None:
-        return {}
+    if data is None:  # nothing but whitespace and comments: a mistake, not "use the defaults"
+        raise ConfigError(f"{name} is empty (it holds no YAML); give {holds}, or no file for the defaults")
     if not isinstance(data, dict):
         raise ConfigError(f"{name} must hold {holds}, got {type(data).__name__}")
     return data

@@ -180,7 +180,7 @@ def test_registry_lists() -> None:
     assert set(list_attacks("data")) == {"label_flip", "backdoor"}
     assert attack_names()[0] == "none"
     assert set(attack_names()[1:]) == set(list_attacks())
-    assert attack_params("gaussian") == {"mean": 0.0, "std": 200.0}
+    assert attack_params("gaussian") == {"mean": 0.0, "std": 200.0, "center": "zero"}
     assert "boost" in attack_params("backdoor")
 
 
@@ -351,3 +351,39 @@ def test_name_errors() -> None:
 def test_random_attack_without_generator_fails_loudly(data: tuple[Tensor, Tensor]) -> None:
     with pytest.raises(ValueError, match="Generator"):
         get_attack("gaussian")(data[1], num_byzantine=B)
+
+
+def test_gaussian_centred_on_the_honest_mean_draws_per_node() -> None:
+    """MANDERA's Gaussian attack: honest mean + std N(0, 1), an independent draw per node."""
+    from trustworthy_dl.attacks import AdversarialAttacker
+    from trustworthy_dl.config import AttackConfig
+
+    rows = torch.randn(10, 4000, generator=torch.Generator().manual_seed(0))
+    params = {"center": "honest_mean", "std": 30.0}
+    att = AdversarialAttacker(
+        AttackConfig(name="gaussian", byzantine_ids=[1, 4], params=params), num_nodes=10, seed=0
+    )
+    out = att.corrupt(rows, round=0)
+    honest_mu = rows[[0, 2, 3, 5, 6, 7, 8, 9]].mean(0)
+    for node in (1, 4):
+        dev = out[node] - honest_mu
+        assert abs(float(dev.mean())) < 2.0 and float(dev.std()) == pytest.approx(30.0, rel=0.05)
+    assert not torch.equal(out[1], out[4])  # independent, even with collude (the default)
+    assert (
+        get_attack("gaussian").knowledge == "own"
+        and get_attack("gaussian", center="honest_mean").knowledge == "omniscient"
+    )
+
+
+@pytest.mark.parametrize(("formula", "expected"), [("alie", 0.4958503473), ("mandera", 0.2858408749)])
+def test_mean_shift_from_n_and_f(formula: str, expected: float) -> None:
+    """n = 100, f = 20: s = floor(51) - 20 = 31; ALIE: Phi^-1(69/100); MANDERA: Phi^-1(49/80)."""
+    from trustworthy_dl.attacks.mean_shift import MeanShift
+
+    assert MeanShift(shift=None, z_formula=formula).shift_for(100, 20) == pytest.approx(expected, abs=1e-9)
+    assert MeanShift().shift_for(100, 20) == 1.5  # the fixed default is still there
+    honest = torch.randn(80, 30, generator=torch.Generator().manual_seed(1))
+    ctx = AttackContext(num_nodes=100)
+    byz = MeanShift(shift=None, z_formula=formula)(honest, num_byzantine=20, context=ctx)
+    mu, sd = honest.mean(0), honest.std(0, correction=0)
+    torch.testing.assert_close(byz[0], mu - expected * sd)

@@ -41,14 +41,26 @@ __all__ = ["Gaussian", "Mimic", "NonFinite", "Scaling", "SignFlip", "ZeroGradien
 @UPDATE_ATTACKS.register("gaussian")
 @dataclass
 class Gaussian(UpdateAttack):
-    """Each Byzantine row is i.i.d. noise ``N(mean, std^2)`` per coordinate (the honest update is ignored)."""
+    """Each Byzantine row is i.i.d. noise ``N(mean, std^2)`` per coordinate.
+
+    ``center: zero`` (default): the honest update is ignored. ``center: honest_mean``: MANDERA's
+    Gaussian attack, each Byzantine node sends the honest mean plus its own independent
+    ``mean + std * N(0, 1)`` draw (an omniscient attack: it needs the honest rows; MANDERA uses
+    ``std: 30``).
+    """
 
     mean: float = 0.0
     std: float = 200.0
+    center: str = "zero"
 
     def __post_init__(self) -> None:
         self.mean = check_float("mean", self.mean)
         self.std = check_float("std", self.std, low=0.0)
+        self.center = check_choice("center", self.center, ("zero", "honest_mean"))
+
+    @property  # type: ignore[override]
+    def knowledge(self) -> Literal["own", "omniscient"]:  # type: ignore[override]
+        return "omniscient" if self.center == "honest_mean" else "own"
 
     def __call__(
         self,
@@ -59,6 +71,10 @@ class Gaussian(UpdateAttack):
         context: AttackContext | None = None,
     ) -> Tensor:
         g = require_generator("gaussian", generator)
+        if self.center == "honest_mean":  # one independent draw per Byzantine node around the honest mean
+            mu_D = honest_HD.float().mean(0)
+            noise = torch.randn((num_byzantine, mu_D.numel()), generator=g, device=honest_HD.device)
+            return (mu_D + noise * self.std + self.mean).to(honest_HD.dtype)
         shape = rowwise(honest_HD, num_byzantine).shape
         noise = torch.randn(shape, generator=g, device=honest_HD.device, dtype=torch.float32)
         return (noise * self.std + self.mean).to(honest_HD.dtype)

@@ -387,3 +387,16 @@ def test_mean_shift_from_n_and_f(formula: str, expected: float) -> None:
     byz = MeanShift(shift=None, z_formula=formula)(honest, num_byzantine=20, context=ctx)
     mu, sd = honest.mean(0), honest.std(0, correction=0)
     torch.testing.assert_close(byz[0], mu - expected * sd)
+
+
+def test_mimic_auto_target_is_the_node_furthest_along_the_top_direction() -> None:
+    g = torch.Generator().manual_seed(3)
+    honest = torch.randn(9, 40, generator=g) * 0.1
+    direction = torch.zeros(40)
+    direction[0] = 1.0
+    spread = torch.tensor([0.5, -1.0, 0.2, 3.0, -0.4, 0.1, 0.8, -2.0, 0.3])
+    honest += spread[:, None] * direction  # the top principal direction is coordinate 0
+    attack = get_attack("mimic", target="auto")
+    byz = attack(honest, num_byzantine=2)
+    assert torch.equal(byz[0], honest[3]) and torch.equal(byz[1], honest[3])
+    assert get_attack("mimic")(honest, num_byzantine=1)[0].equal(honest[0])  # today's default

@@ -204,14 +204,34 @@ class NonFinite(UpdateAttack):
 class Mimic(UpdateAttack):
     """Every Byzantine row copies one honest node's update, over-weighting it (hurts on non-IID data).
 
-    ``target`` indexes the honest rows the attack sees (0: the honest node with the lowest id).
+    ``target`` indexes the honest rows the attack sees (0: the honest node with the lowest id), or
+    ``"auto"``: Karimireddy et al.'s choice, the honest node furthest along the top principal
+    direction of the honest updates, ``argmax_i |z^T (x_i - mu)|`` (z by power iteration on the
+    honest rows, each round).
     """
 
     knowledge: ClassVar[Literal["own", "omniscient"]] = "omniscient"
-    target: int = 0
+    target: int | str = 0
 
     def __post_init__(self) -> None:
-        self.target = check_int("target", self.target, low=0)
+        if isinstance(self.target, str):
+            self.target = check_choice("target", self.target, ("auto",))
+        else:
+            self.target = check_int("target", self.target, low=0)
+
+    @staticmethod
+    def auto_target(honest_HD: Tensor, iters: int = 30) -> int:
+        """The honest row furthest from the mean along the top principal direction."""
+        x = honest_HD.double()
+        c = x - x.mean(0)
+        z = c.abs().sum(0)  # a deterministic start with a component along the top direction
+        for _ in range(iters):
+            z = c.t() @ (c @ z)
+            norm = torch.linalg.vector_norm(z)
+            if float(norm) == 0.0:
+                return 0
+            z = z / norm
+        return int((c @ z).abs().argmax())
 
     def __call__(
         self,
@@ -221,6 +241,7 @@ class Mimic(UpdateAttack):
         generator: torch.Generator | None = None,
         context: AttackContext | None = None,
     ) -> Tensor:
-        if self.target >= honest_HD.shape[0]:
-            raise ValueError(f"mimic target={self.target} but only {honest_HD.shape[0]} honest rows")
-        return repeat_rows(honest_HD[self.target], num_byzantine, honest_HD)
+        target = self.auto_target(honest_HD) if self.target == "auto" else int(self.target)
+        if target >= honest_HD.shape[0]:
+            raise ValueError(f"mimic target={target} but only {honest_HD.shape[0]} honest rows")
+        return repeat_rows(honest_HD[target], num_byzantine, honest_HD)

@@ -32,28 +32,34 @@ class _ThreadAllReduce:
         return all_reduce_sum
 
 
-def _sharded(agg, rows_ND: Tensor, w: int) -> Tensor:  # type: ignore[no-untyped-def]
-    bounds = column_bounds(rows_ND.shape[1], w)
+def _run_shards(w: int, cols: int, work) -> list:  # type: ignore[no-untyped-def]
+    """Run ``work(k, lo, hi)`` in w threads, each inside a sharded round over its column slice."""
+    bounds = column_bounds(cols, w)
     reducer = _ThreadAllReduce(w)
-    out: list[Tensor | None] = [None] * w
+    out: list = [None] * w
     errors: list[BaseException] = []
 
-    def work(k: int) -> None:
+    def run(k: int) -> None:
         try:
-            with shard_reduction(reducer.for_rank(k)):
-                out[k] = agg(rows_ND[:, bounds[k] : bounds[k + 1]].contiguous()).value_D
-        except BaseException as err:  # surfaced below
+            with shard_reduction(reducer.for_rank(k), (bounds[k], bounds[k + 1], cols)):
+                out[k] = work(k, bounds[k], bounds[k + 1])
+        except BaseException as err:
             errors.append(err)
             reducer.barrier.abort()
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(w)]
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(w)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     if errors:
         raise errors[0]
-    return torch.cat([o for o in out if o is not None])
+    return out
+
+
+def _sharded(agg, rows_ND: Tensor, w: int) -> Tensor:  # type: ignore[no-untyped-def]
+    parts = _run_shards(w, rows_ND.shape[1], lambda k, lo, hi: agg(rows_ND[:, lo:hi].contiguous()).value_D)
+    return torch.cat(parts)
 
 
 @pytest.mark.parametrize(
@@ -79,31 +85,6 @@ def test_sharded_equals_gather(rule: str, params: dict, pre: list) -> None:
     for w in (2, 3):
         sharded = _sharded(get_aggregator(rule, f=2, pre=pre, **params), rows, w)
         torch.testing.assert_close(sharded, whole, rtol=1e-5, atol=1e-6)
-
-
-def _run_shards(w: int, cols: int, work) -> list:  # type: ignore[no-untyped-def]
-    """Run ``work(k, lo, hi)`` in w threads, each inside a sharded round over its column slice."""
-    bounds = column_bounds(cols, w)
-    reducer = _ThreadAllReduce(w)
-    out: list = [None] * w
-    errors: list[BaseException] = []
-
-    def run(k: int) -> None:
-        try:
-            with shard_reduction(reducer.for_rank(k), (bounds[k], bounds[k + 1], cols)):
-                out[k] = work(k, bounds[k], bounds[k + 1])
-        except BaseException as err:
-            errors.append(err)
-            reducer.barrier.abort()
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(w)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return out
 
 
 @pytest.mark.parametrize("num_coords", [None, 1500])

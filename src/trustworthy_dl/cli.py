@@ -24,20 +24,13 @@ from trustworthy_dl.errors import TdlError
 __all__ = ["main"]
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("trustworthy-dl")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tdl", description="Byzantine-robust distributed training and evaluation."
     )
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    from trustworthy_dl import __version__
+
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def config_args(sp: argparse.ArgumentParser) -> None:

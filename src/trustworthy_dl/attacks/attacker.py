@@ -207,7 +207,7 @@ class AdversarialAttacker:
         b, device = self.num_byzantine, local_RD.device
         need = self.needs_view(round)
         if need == "none":
-            if attack.knowledge == "omniscient" or self.cfg.collude:  # one Byzantine node: its own row
+            if self.cfg.collude:  # one colluding Byzantine node: the coalition's draw on its own row
                 g = self.generator(round, _COALITION, device)
                 row = attack(local_RD[mine[0][0] : mine[0][0] + 1].clone(), num_byzantine=1, generator=g)
                 local_RD[mine[0][0]] = row[0].to(local_RD.dtype)

@@ -5,7 +5,6 @@ The round loop never branches on the backend; it calls this small interface:
 * ``local_nodes``: the node ids this process computes for (all of them when simulated);
 * ``exchange`` / ``send_down``: a data-parallel round's rows up to the coordinator with a deadline
   and a presence mask (missing rows: crashed, silent or late nodes), its results back down;
-* ``gather_rows``: stack every node's row on the coordinator (rank 0), ``None`` elsewhere;
 * ``broadcast``: send a tensor from the coordinator to every process, in place;
 * ``reduce_sum``: sum a tensor over the processes onto the coordinator (pipelines: each rank
   fills the rows of the stages it holds, zeros elsewhere, so the sum is a gather);
@@ -147,10 +146,6 @@ class Comm(ABC):
         return False
 
     @abstractmethod
-    def gather_rows(self, local_RD: Tensor) -> Tensor | None:
-        """Stack the rows of every process into (N, D) on the coordinator; ``None`` elsewhere."""
-
-    @abstractmethod
     def broadcast(self, tensor: Tensor) -> Tensor:
         """Overwrite ``tensor`` on every process with the coordinator's value; returns it."""
 
@@ -175,11 +170,6 @@ class SimComm(Comm):
         if not bool(present_N.all()):
             local_RD[~present_N] = 0
         return RoundRows(local_RD, meta_RK, present_N)
-
-    def gather_rows(self, local_RD: Tensor) -> Tensor:
-        if local_RD.shape[0] != self.num_nodes:
-            raise NodeMessageError(f"expected {self.num_nodes} rows, got {local_RD.shape[0]}")
-        return local_RD
 
     def broadcast(self, tensor: Tensor) -> Tensor:
         return tensor
@@ -206,7 +196,6 @@ class TorchComm(Comm):
         self.world_size = dist.get_world_size()
         self.backend_name = f"torch.distributed/{dist.get_backend()}"
         super().__init__(num_nodes)
-        self._gather_bufs: list[Tensor] | None = None
         self._groups: dict[tuple[int, ...], object] = {}
         self._group_ranks: dict[object, tuple[int, ...]] = {}
         self._star = StarExchange(self.rank, self.world_size, self.rows_per_rank, num_nodes, self.traffic)
@@ -227,33 +216,6 @@ class TorchComm(Comm):
     def results_ready(self, tensors: list[Tensor], round: int) -> bool:
         return self._star.results_ready(tensors, round)
 
-    def gather_rows(self, local_RD: Tensor) -> Tensor | None:
-        r, d = self.rows_per_rank, local_RD.shape[1]
-        n_local = len(self.local_nodes)
-        if local_RD.shape[0] != n_local:
-            raise NodeMessageError(
-                f"rank {self.rank}: expected {n_local} local rows, got {local_RD.shape[0]}"
-            )
-        send = local_RD
-        if n_local < r:  # pad the last rank's block so every message has the same shape
-            send = torch.zeros(r, d, dtype=local_RD.dtype, device=local_RD.device)
-            send[:n_local] = local_RD
-        if self.is_coordinator:
-            if (
-                self._gather_bufs is None
-                or self._gather_bufs[0].shape != (r, d)
-                or self._gather_bufs[0].dtype != send.dtype
-            ):
-                self._gather_bufs = [
-                    torch.empty(r, d, dtype=send.dtype, device=send.device) for _ in range(self.world_size)
-                ]
-            dist.gather(send.contiguous(), gather_list=self._gather_bufs, dst=0)
-            self.traffic.add(received=send.repeat(self.world_size - 1, 1))
-            return torch.cat(self._gather_bufs)[: self.num_nodes]
-        dist.gather(send.contiguous(), dst=0)
-        self.traffic.add(sent=send)
-        return None
-
     def broadcast(self, tensor: Tensor) -> Tensor:
         dist.broadcast(tensor, src=0)
         if self.is_coordinator:
@@ -269,7 +231,10 @@ class TorchComm(Comm):
             dist.reduce(tensor, dst=0, op=dist.ReduceOp.SUM, group=group)  # type: ignore[arg-type]
         else:
             return tensor
-        self.traffic.add(received=tensor) if self.is_coordinator else self.traffic.add(sent=tensor)
+        if self.is_coordinator:
+            self.traffic.add(received=tensor)
+        else:
+            self.traffic.add(sent=tensor)
         return tensor
 
     def subgroup(self, ranks: list[int]) -> object:

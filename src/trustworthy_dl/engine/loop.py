@@ -332,11 +332,7 @@ class RoundLoop:
     def _round(self, r: int) -> dict[str, Any]:
         exp, comm = self.exp, self.comm
         timer = _Timer()
-        assignment = exp.scheduler.assignment()
-        losses_R = self._compute(r, assignment, timer)
-        with timer("attack"):
-            self._attack_local(r)
-        meta_RK = self._meta(losses_R, r)
+        assignment, meta_RK = self._node_work(r, timer)
         if comm.world_size > 1:
             exp.faults.act(comm.local_nodes, r)  # an injected crash or delay, in this rank's own process
         with timer("gather"):
@@ -347,8 +343,7 @@ class RoundLoop:
             assert got is not None
             late_ranks = got.late_ranks
             present_N = got.present_N
-            losses = got.meta_NK[present_N, 1].to(self.local_RD.dtype)
-            rec["loss"] = float(losses.mean()) if losses.numel() else float("nan")
+            rec["loss"] = self._mean_loss(got.meta_NK, present_N)
             tampered = self._tampered(got.meta_NK, present_N) if exp.security is not None else []
             rec.update(self._coordinate(r, got.rows_ND, present_N, assignment, tampered, timer).to_dict())
         with timer("broadcast"):
@@ -359,15 +354,35 @@ class RoundLoop:
                 self.public_weights_N = exp.trust.weights_N()
             else:
                 self._load_public_state(public)
+        self._step(r, rec, timer)
+        if self.was_late and not self.coordinator:
+            self._catch_up(r)
+        return self._finish_round(r, rec, timer)
+
+    def _node_work(self, r: int, timer: _Timer) -> tuple[list[list[int]], Tensor]:
+        """What every process does for its nodes before anything is sent: their rows (gradients,
+        then the Byzantine nodes' own corruption) and their meta. Returns (assignment, meta_RK)."""
+        assignment = self.exp.scheduler.assignment()
+        losses_R = self._compute(r, assignment, timer)
+        with timer("attack"):
+            self._attack_local(r)
+        return assignment, self._meta(losses_R, r)
+
+    def _mean_loss(self, meta_NK: Tensor, present_N: Tensor) -> float:
+        """The round's training loss: the mean over the nodes whose rows arrived."""
+        losses = meta_NK[present_N, 1].to(self.local_RD.dtype)
+        return float(losses.mean()) if losses.numel() else float("nan")
+
+    def _step(self, r: int, rec: dict[str, Any], timer: _Timer) -> None:
+        """Apply ``agg_D`` on this process (every process holds the parameters); log its norm, the
+        learning rate and, with security on, the parameter drift."""
+        exp = self.exp
         with timer("step"):
             rec["update_norm"] = float(self.agg_D.norm())
             before_D = self.prev_D.copy_(exp.flat.params_D.detach()) if self.prev_D is not None else None
             rec["lr"] = exp.optimizer.step(self.agg_D, r)
             if before_D is not None:
                 rec.update(ParameterMonitor.stats(exp.flat.params_D.detach(), before_D))
-        if self.was_late and not self.coordinator:
-            self._catch_up(r)
-        return self._finish_round(r, rec, timer)
 
     def _finish_round(self, r: int, rec: dict[str, Any], timer: _Timer) -> dict[str, Any]:
         """Every layout's round ends so: the coordinator evaluates on eval rounds; phase timings."""

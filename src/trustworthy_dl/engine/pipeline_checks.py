@@ -64,19 +64,15 @@ def _fields(s: int, S: int) -> list[tuple[str, int | None, str]]:
     return out
 
 
-def _shape(
+def _spec(
     loop: PipelineLoop, passes: list[ReplicaPass], m: int, s: int, k: int, name: str
-) -> tuple[int, ...]:
-    """The shape of hop field ``name`` of stage s, micro-batch k (fixed by the protocol)."""
-    specs = loop.pp.runner.output_specs(passes[m].hops[0][k].x_in)
-    rows = len(passes[m].hops[0][k].x_in)
-    stage = s if name in ("y_out", "g_in") else s - 1
-    return (rows, *specs[stage][0])
-
-
-def _dtype(loop: PipelineLoop, passes: list[ReplicaPass], m: int, s: int, k: int, name: str) -> torch.dtype:
-    specs = loop.pp.runner.output_specs(passes[m].hops[0][k].x_in)
-    return specs[s if name in ("y_out", "g_in") else s - 1][1]
+) -> tuple[tuple[int, ...], torch.dtype]:
+    """(shape, dtype) of hop field ``name`` of stage s, micro-batch k (fixed by the protocol): a
+    stage's output and the gradient it receives have its output's spec, its input and the gradient
+    it sends the previous stage's."""
+    x = passes[m].hops[0][k].x_in
+    trail, dtype = loop.pp.runner.output_specs(x)[s if name in ("y_out", "g_in") else s - 1]
+    return (len(x), *trail), dtype
 
 
 def collect_remote_checks(
@@ -120,10 +116,8 @@ def collect_remote_checks(
                 t = getattr(passes[m].hops[src_stage][k], src_field)
                 pending.append(comm.isend(t.detach().contiguous(), 0, tag))
             elif coord:
-                buf = torch.empty(
-                    _shape(loop, passes, m, s, k, name), dtype=_dtype(loop, passes, m, s, k, name)
-                )
-                fields[name] = comm.recv(buf, src, tag)
+                shape, dtype = _spec(loop, passes, m, s, k, name)
+                fields[name] = comm.recv(torch.empty(shape, dtype=dtype), src, tag)
         if coord:
             got[(m, s, k)] = fields
     # ---- 3. digests of the parameters each holder computed with, and rejected messages

@@ -33,6 +33,7 @@ from trustworthy_dl.engine.loop import RoundLoop
 from trustworthy_dl.engine.pipeline_checks import RemoteChecks, collect_remote_checks
 from trustworthy_dl.engine.pipeline_exec import HolderPlan, ReplicaPass, StageTransport
 from trustworthy_dl.engine.pipeline_setup import PipelineParts
+from trustworthy_dl.engine.pipeline_summary import pipeline_summary
 from trustworthy_dl.engine.setup import Experiment
 from trustworthy_dl.engine.timer import PhaseTimer as _Timer
 from trustworthy_dl.security.metrics import DetectionTracker
@@ -469,56 +470,7 @@ class PipelineLoop(RoundLoop):
     # ------------------------------------------------------------------ summary
 
     def _summary(self, wall: float) -> dict[str, Any]:
-        summary = super()._summary(wall)
-        pp = self.pp
-        summary["byzantine_ids"] = self.byzantine_ids
-        summary["pipeline"] = {
-            "parallelism": self.exp.cfg.distributed.parallelism,
-            "replicas": pp.replicas,
-            "stages": pp.num_stages,
-            "spares": pp.spares,
-            "micro_batches": pp.micro_batches,
-            "schedule": pp.schedule,
-            "schedule_ticks": pp.schedule_stats.ticks,
-            "peak_stashed_micro_batches": pp.schedule_stats.peak_stash,
-            "stage_params": pp.staged.stage_sizes(),
-            "tied": [t.name for t in pp.staged.ties],
-            "notes": pp.notes,
-        }
-        rounds = max(self.exp.total_rounds - self.start_round, 1)
-        verify_s = self.tracker.verify_seconds
-        summary["verification"] = {
-            "recomputed_per_step": round(self.verify_checked / rounds, 3),
-            "seconds": round(verify_s, 4),
-            "share_of_step_time": round(verify_s / self.step_seconds, 4) if self.step_seconds > 0 else None,
-            "note": "re-run stage micro-batches (cross-validation) and re-computed stage rows (hybrid groups)",
-        }
-        ev = self.migrations
-        summary["migrations"] = {
-            "count": len(ev),
-            "mean_seconds": round(sum(e["seconds"] for e in ev) / len(ev), 6) if ev else None,
-            "bytes": sum(e["bytes"] for e in ev),
-            "events": ev,
-        }
-        summary["recovery_steps"] = self._recovery_steps()
-        summary["detection"] = self.tracker.summary()
-        summary["trust"] = self.exp.trust.summary()
-        return summary
-
-    def _recovery_steps(self, window: int = 5) -> int | None:
-        """Steps from the last migration until the train loss (mean of ``window`` steps) is back at
-        its level over the ``window`` steps before the attack started; None if no migration, or
-        if it never got back."""
-        start = self.tracker.attack_start
-        if not self.migrations or start is None or start < window:
-            return None
-        losses = [rec["loss"] for rec in self.log.records]
-        before = sum(losses[start - window : start]) / window
-        last = max(e["round"] for e in self.migrations)
-        for r in range(last + window, len(losses) + 1):
-            if sum(losses[r - window : r]) / window <= before:
-                return r - window - last
-        return None
+        return pipeline_summary(self, super()._summary(wall))
 
     def _extra_plots(self) -> None:
         from trustworthy_dl.report.pipeline_plots import plot_pipeline_loss

@@ -18,7 +18,6 @@ import torch
 
 from trustworthy_dl.aggregation.sharding import column_bounds, shard_reduction
 from trustworthy_dl.engine.timer import PhaseTimer
-from trustworthy_dl.security.monitor import ParameterMonitor
 
 if TYPE_CHECKING:
     from trustworthy_dl.engine.loop import RoundLoop
@@ -33,19 +32,16 @@ def sharded_round(loop: RoundLoop, r: int) -> dict[str, Any]:
     the aggregate are all-gathered. The coordinator only logs."""
     exp, comm = loop.exp, loop.comm
     timer = PhaseTimer()
-    assignment = exp.scheduler.assignment()
-    losses_R = loop._compute(r, assignment, timer)
-    with timer("attack"):
-        loop._attack_local(r)
-    meta_NK = comm.all_gather_meta(loop._meta(losses_R, r))
+    assignment, meta_RK = loop._node_work(r, timer)
+    meta_NK = comm.all_gather_meta(meta_RK)
     present_N = meta_NK[:, 0] > 0.5
     bounds = column_bounds(loop.agg_D.numel(), comm.world_size)
     with timer("gather"):
         rows_NDj = comm.scatter_columns(loop.local_RD, bounds)
     rec: dict[str, Any] = {"round": r, "epoch": r // exp.rounds_per_epoch}
-    losses = meta_NK[present_N, 1].to(loop.local_RD.dtype)
-    rec["loss"] = float(losses.mean()) if losses.numel() else float("nan")
-    loop.agg_out = torch.empty(rows_NDj.shape[1], dtype=rows_NDj.dtype, device=rows_NDj.device)
+    rec["loss"] = loop._mean_loss(meta_NK, present_N)
+    if loop.agg_out is None or loop.agg_out.shape[0] != rows_NDj.shape[1]:
+        loop.agg_out = torch.empty(rows_NDj.shape[1], dtype=rows_NDj.dtype, device=rows_NDj.device)
     lo, hi = bounds[comm.rank], bounds[comm.rank + 1]
     loop.recompute_cols = slice(lo, hi)  # every process re-computes a suspect and compares its slice
     tampered = loop._tampered(meta_NK, present_N) if exp.security is not None else []
@@ -54,10 +50,5 @@ def sharded_round(loop: RoundLoop, r: int) -> dict[str, Any]:
     with timer("broadcast"):
         loop.agg_D.copy_(comm.all_gather_columns(loop.agg_out, bounds))
     loop.public_active_N, loop.public_weights_N = exp.trust.active_N, exp.trust.weights_N()
-    with timer("step"):
-        rec["update_norm"] = float(loop.agg_D.norm())
-        before_D = loop.prev_D.copy_(exp.flat.params_D.detach()) if loop.prev_D is not None else None
-        rec["lr"] = exp.optimizer.step(loop.agg_D, r)
-        if before_D is not None:
-            rec.update(ParameterMonitor.stats(exp.flat.params_D.detach(), before_D))
+    loop._step(r, rec, timer)
     return loop._finish_round(r, rec, timer)

@@ -121,10 +121,12 @@ class Stage1Detector:
         use_N = finite_N if present_N is None else finite_N & present_N.bool().cpu()
         if cols is None:
             idx_d = sample_coords(dim, self.num_coords, generator)
+            num_coords = dim if idx_d is None else int(idx_d.numel())
         else:  # the coordinates gather mode would sample, those in this process's slice
             lo, hi, full = cols
             g_d = sample_coords(full, self.num_coords, generator)
             idx_d = None if g_d is None else g_d[(g_d >= lo) & (g_d < hi)] - lo
+            num_coords = full if g_d is None else int(g_d.numel())
         x_Nd = updates_ND if idx_d is None else updates_ND.index_select(1, idx_d.to(updates_ND.device))
         x_Md = x_Nd[use_N.to(x_Nd.device)].float().cpu()
         ref_d = None
@@ -157,9 +159,7 @@ class Stage1Detector:
             "flagged_by": flagged_by,
             "scores": {name: json_list(scores_KN[k], 3) for k, name in enumerate(self.methods)},
             "methods": method_info,
-            "num_coords": (dim if idx_d is None else int(idx_d.numel()))
-            if cols is None
-            else int(reduce_partial(torch.tensor([float(dim if idx_d is None else idx_d.numel())]))[0]),
+            "num_coords": num_coords,
             "seconds": time.perf_counter() - t0,
         }
         return Stage1Result(flags_N, scores_N, flags_N.to(torch.float64), info)

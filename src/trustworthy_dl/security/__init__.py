@@ -14,6 +14,7 @@ from trustworthy_dl.security.base import DETECTION_METHODS, MethodResult
 from trustworthy_dl.security.detector import COMBINE_RULES, Stage1Detector, Stage1Result
 from trustworthy_dl.security.distance import DISTANCE_SCORES, distance, distance_statistics
 from trustworthy_dl.security.mandera import mandera, two_means
+from trustworthy_dl.security.mandera_paper import mandera_paper
 from trustworthy_dl.security.metrics import DetectionTracker, confusion_rates
 from trustworthy_dl.security.monitor import ParameterMonitor, tensor_digest
 from trustworthy_dl.security.ranks import average_ranks, rank_features
@@ -38,6 +39,7 @@ __all__ = [
     "distance_statistics",
     "make_verdict",
     "mandera",
+    "mandera_paper",
     "rank_features",
     "tensor_digest",
     "two_means",

@@ -25,6 +25,7 @@ from torch import Tensor
 from trustworthy_dl.aggregation.sharding import reduce_partial, shard_columns
 from trustworthy_dl.security import distance as _distance  # noqa: F401
 from trustworthy_dl.security import mandera as _mandera  # noqa: F401
+from trustworthy_dl.security import mandera_paper as _mandera_paper  # noqa: F401
 from trustworthy_dl.security.base import DETECTION_METHODS, finite_rows, json_list, sample_coords
 
 __all__ = ["COMBINE_RULES", "Stage1Detector", "Stage1Result"]

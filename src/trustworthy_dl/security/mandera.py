@@ -8,59 +8,136 @@ that shifts (mean shift, ALIE), flips (sign flip, IPM), inflates (scaling, Gauss
 zeroes its rows moves the Byzantine features away from the blob, together (colluding identical
 rows share one rank profile exactly).
 
-The paper always flags the smaller group. Here it is flagged only when the split is
-significant, so that a round without attackers flags no one: a member of the smaller group is
-flagged when its distance to the larger group's (coordinate-wise median) centre exceeds both
-``threshold`` times the larger group's spread (the median distance of its members to that
-centre; identical members counted once) and the absolute floor ``min_gap``. The spread test
-adapts to how heterogeneous honest data are (non-IID nodes spread the blob); the floor keeps an
-extremely tight honest blob (IID, large d) from turning a negligible gap into a flag.
+The paper always flags one group (:mod:`~trustworthy_dl.security.mandera_paper` reproduces
+that rule; it flags 44% of honest node-rounds at N = 100 with no attack). This calibrated
+variant flags the smaller group only when the split is significant, with a test derived from N
+and the data rather than constants tuned at one N, in the spirit of SigClust (Liu, Hayes,
+Nobel, Marron 2008, "Statistical significance of clustering for high-dimension, low-sample size
+data"): is the best 2-means split of these N points more separated than the best split of N
+points from one Gaussian of the same shape? The statistic is the split's separation along the
+line joining the two centres, S = |mean difference| / pooled within-group standard deviation
+(a Fisher discriminant ratio). Splitting one Gaussian in two gives S ~ 2.65 whatever its shape
+and scale; a real second group gives more, even a small one (SigClust's cluster index is
+dominated by the big group and loses an 80/20 split; S does not). Its null distribution is
+simulated: ``null_draws`` sets of N points from a Gaussian whose spreads along the two principal
+axes have the ratio of the observed features' robust (1.4826 x MAD) spreads, clustered the same
+way; the split is significant when S exceeds their (1 - ``alpha``) quantile (its tail fitted,
+see :func:`separation_null`). S is invariant to scale and rotation, so the null depends only on
+N and that ratio; it is cached per (N, ratio rounded up to 0.1). The honest blob's own size (IID or not,
+large or small d) thus sets the scale, and N how large a separation chance alone produces.
+Within a significant split a node is flagged when it lies beyond the Bayes boundary of the two
+groups along that line (equal variances, the group sizes as priors), which keeps the k-means
+boundary errors off the honest side.
+
+Identical rank profiles are a group by themselves: honest nodes draw different batches and never
+share one, while colluding nodes that send one vector always do (MANDERA's duplicate rule). Such
+copies, when fewer than N/2, are flagged outright and the split is then tested on the other
+nodes' ranks; otherwise k-means may put the copies inside the honest blob and call an honest
+half-blob the smaller group.
 Tolerance: fewer than N/2 Byzantine nodes (the smaller group is the malicious one); a group of
 exactly N/2 is never flagged.
-
-Calibration (``threshold=8``, ``min_gap=0.3``): on honest gradients of a small CNN on
-Fashion-MNIST (16 nodes, batch 32, 78 rounds sampled over 300, two seeds) the farthest member
-of the smaller group sat at most 6.4 spreads / 0.35 from the majority centre for IID data and,
-in all but two of 1,248 Dirichlet-0.5 node-rounds, at most 8.4 spreads / 0.5: 0 and 2 false
-flags. ALIE and mean-shift groups sit 8-15 spreads / 0.9-1.3 away (flagged in 94-100% of
-rounds); with an attack the honest false-flag rate stays at or below 0.3%.
 
 Legend: N nodes, d sampled coordinates.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from trustworthy_dl.security.base import DETECTION_METHODS, MethodResult, json_list
+from trustworthy_dl.security.base import DETECTION_METHODS, MAD_SCALE, MethodResult, json_list
+from trustworthy_dl.security.kmeans2 import two_means_batched
 from trustworthy_dl.security.ranks import rank_features
 
-__all__ = ["mandera", "two_means"]
+__all__ = ["duplicated_rows", "mandera", "separation", "separation_null", "two_means"]
 
 
-def two_means(points_NF: Tensor, *, iters: int = 25) -> Tensor:
-    """Deterministic 2-means (Lloyd) on a few points; returns labels in {0, 1} as int64 (N,).
 
-    Initialisation by farthest points: centre 0 is the point farthest from the coordinate-wise
-    median, centre 1 the point farthest from centre 0. When all points coincide every label is 0.
+def two_means(points_NF: Tensor, *, starts: int = 10, seed: int = 0) -> tuple[Tensor, float]:
+    """Best-of-``starts`` k-means++ 2-means (plus a farthest-point start) of a few points.
+
+    Returns labels in {0, 1} (int64, N) and the within-cluster sum of squares; deterministic for a
+    given ``seed``. When all points coincide every label is 0.
     """
-    med_F = points_NF.median(dim=0).values
-    c0 = points_NF[(points_NF - med_F).norm(dim=1).argmax()]
-    c1 = points_NF[(points_NF - c0).norm(dim=1).argmax()]
-    labels_N = ((points_NF - c1).norm(dim=1) < (points_NF - c0).norm(dim=1)).long()
-    for _ in range(iters):
-        if labels_N.min() == labels_N.max():
-            break
-        c0 = points_NF[labels_N == 0].mean(dim=0)
-        c1 = points_NF[labels_N == 1].mean(dim=0)
-        new_N = ((points_NF - c1).norm(dim=1) < (points_NF - c0).norm(dim=1)).long()
-        if bool((new_N == labels_N).all()):
-            break
-        labels_N = new_N
-    return labels_N
+    pts = points_NF.to(torch.float64)
+    if len(torch.unique(pts, dim=0)) < 2:
+        return torch.zeros(pts.shape[0], dtype=torch.int64), 0.0
+    med_F = pts.median(dim=0).values
+    c0 = pts[(pts - med_F).norm(dim=1).argmax()]
+    c1 = pts[(pts - c0).norm(dim=1).argmax()]
+    g = torch.Generator().manual_seed(seed)
+    labels_1N, w_1 = two_means_batched(
+        pts[None], starts=starts, generator=g, init_BSF2=torch.stack([c0, c1])[None, None]
+    )
+    labels_N = labels_1N[0]
+    if labels_N[0] == 1:  # canonical labelling: point 0 is in group 0
+        labels_N = 1 - labels_N
+    return labels_N, float(w_1[0])
+
+
+def separation(points_BNF: Tensor, labels_BN: Tensor) -> tuple[Tensor, Tensor]:
+    """Fisher separation S of each 2-group split and every point's position along it.
+
+    Returns S_B = |m1 - m0| / s_w along the line joining the group centres (s_w: pooled
+    within-group standard deviation of the projections) and t_BN, the projections rescaled so
+    that group 0's mean is at 0 and group 1's at 1.
+    """
+    one_BN = labels_BN.to(points_BNF.dtype)
+    n1_B, n0_B = one_BN.sum(1), (1 - one_BN).sum(1)
+    c1_BF = (points_BNF * one_BN[..., None]).sum(1) / n1_B.clamp(min=1)[:, None]
+    c0_BF = (points_BNF * (1 - one_BN)[..., None]).sum(1) / n0_B.clamp(min=1)[:, None]
+    u_BF = c1_BF - c0_BF
+    gap_B = u_BF.norm(dim=1).clamp(min=1e-300)
+    p_BN = ((points_BNF - c0_BF[:, None]) * (u_BF / gap_B[:, None])[:, None]).sum(-1)  # group 0 at 0
+    own_BN = one_BN * gap_B[:, None]
+    n = points_BNF.shape[1]
+    sw_B = ((p_BN - own_BN).square().sum(1) / max(n - 2, 1)).sqrt()
+    return gap_B / sw_B.clamp(min=1e-300), p_BN / gap_B[:, None]
+
+
+@functools.lru_cache(maxsize=256)
+def separation_null(n: int, ratio: float, draws: int, alpha: float) -> float:
+    """The (1 - alpha) quantile of the best 2-means split's separation S of N Gaussian points.
+
+    The Gaussian has spread 1 and ``ratio`` (<= 1) along its two axes. The quantile's tail is
+    extrapolated from the ``draws`` simulated splits with an exponential tail above their 90%
+    quantile (q90 + mean excess x ln(0.1 / alpha)): S is right-skewed (small N sometimes split
+    off one or two points), so a normal fit would be too low, and the tail fit needs 10x fewer
+    draws than the empirical quantile. The draws are seeded by (n, ratio), so the null is the
+    same in every process and every round.
+    """
+    g = torch.Generator().manual_seed(1_000_003 * n + round(ratio * 1000))
+    pts_BN2 = torch.randn(draws, n, 2, generator=g, dtype=torch.float64)
+    pts_BN2[..., 1] *= ratio
+    labels_BN, _ = two_means_batched(pts_BN2, starts=3, generator=g)
+    s_B, _ = separation(pts_BN2, labels_BN)
+    if alpha >= 0.1:
+        return float(torch.quantile(s_B, 1.0 - alpha))
+    q90 = float(torch.quantile(s_B, 0.9))
+    excess = float((s_B[s_B > q90] - q90).mean())
+    return q90 + excess * math.log(0.1 / alpha)
+
+
+def duplicated_rows(feats_NF: Tensor, decimals: int = 9) -> Tensor:
+    """Bool mask of the rows equal (to ``decimals``) to at least one other row."""
+    _, inverse_N, counts_U = torch.unique(
+        torch.round(feats_NF, decimals=decimals), dim=0, return_inverse=True, return_counts=True
+    )
+    return counts_U[inverse_N] > 1
+
+
+def _robust_axes_spread(feats_N2: Tensor) -> tuple[float, float]:
+    """Robust spreads (1.4826 x MAD) of the features along their two principal axes, larger first."""
+    x_N2 = feats_N2 - feats_N2.median(dim=0).values
+    _, vecs_22 = torch.linalg.eigh(x_N2.t() @ x_N2)
+    proj_N2 = x_N2 @ vecs_22
+    sd_2 = MAD_SCALE * (proj_N2 - proj_N2.median(dim=0).values).abs().median(dim=0).values
+    hi, lo = float(sd_2.max()), float(sd_2.min())
+    return hi, lo
 
 
 @DETECTION_METHODS.register("mandera", "ranks")
@@ -68,49 +145,75 @@ def mandera(
     x_Nd: Tensor,
     *,
     reference_d: Tensor | None = None,
-    threshold: float = 8.0,
-    min_gap: float = 0.3,
-    iters: int = 25,
+    alpha: float = 1e-3,
+    null_draws: int = 2000,
+    starts: int = 10,
+    seed: int = 0,
 ) -> MethodResult:
-    """Flag the smaller 2-means group of rank features when it sits significantly apart.
+    """Flag the smaller 2-means group of rank features when the split is significant.
 
     Args:
         x_Nd: finite updates on the sampled coordinates.
         reference_d: unused (ranks need no reference); accepted for a uniform signature.
-        threshold: distance to the majority centre, in units of the majority's spread, above
-            which a member of the minority group is flagged.
-        min_gap: absolute floor on that distance, in units of the honest rank spread
-            sqrt((N^2 - 1) / 12).
-        iters: Lloyd iterations at most.
+        alpha: the significance level of the split (the chance, per round, that one honest blob
+            is called two groups if it were exactly Gaussian).
+        null_draws: point sets simulated for the null distribution of the separation.
+        starts: k-means++ starts of the observed split (the null draws use 3).
+        seed: the observed split's k-means++ starts.
 
     Returns:
-        flags_N for minority members beyond max(threshold * spread, min_gap); scores_N is the
-        distance over that bound (majority members capped at 1.0, as they are never flagged).
+        flags_N for the nodes beyond the groups' boundary on the smaller group's side when the
+        split is significant; scores_N is the split's S over its null quantile for those nodes
+        (> 1: flagged), 0 for the others.
     """
     del reference_d
-    if threshold <= 0 or min_gap < 0:
-        raise ValueError(f"mandera needs threshold > 0 and min_gap >= 0, got {threshold}, {min_gap}")
+    if not 0 < alpha < 0.5 or null_draws < 100 or starts < 1:
+        raise ValueError(
+            f"mandera needs 0 < alpha < 0.5, null_draws >= 100 and starts >= 1, got {alpha}, {null_draws}, {starts}"
+        )
     n = x_Nd.shape[0]
     feats_N2 = rank_features(x_Nd)
     flags_N = torch.zeros(n, dtype=torch.bool)
     scores_N = torch.zeros(n, dtype=torch.float64)
     info: dict[str, Any] = {"features": [json_list(row) for row in feats_N2]}
-    if n < 3:
+    if n < 3 or len(torch.unique(feats_N2, dim=0)) < 2:
         return MethodResult(flags_N, scores_N, {**info, "minority": 0})
-    labels_N = two_means(feats_N2, iters=iters)
+    # Identical rank profiles (colluding identical rows) are a group by themselves: nodes that
+    # draw different batches never share one. They are flagged outright when they are fewer
+    # than half, and the split is then tested on the others (MANDERA's duplicate rule, kept
+    # from deciding for honest nodes that k-means puts next to the copies).
+    dup_N = duplicated_rows(feats_N2)
+    copies = int(dup_N.sum())
+    if 0 < copies and 2 * copies < n:
+        rest = torch.nonzero(~dup_N).flatten()
+        sub = mandera(x_Nd[rest], alpha=alpha, null_draws=null_draws, starts=starts, seed=seed)
+        flags_N[rest], scores_N[rest] = sub.flags_N, sub.scores_N
+        flags_N[dup_N], scores_N[dup_N] = True, math.inf
+        info.update(duplicates=torch.nonzero(dup_N).flatten().tolist(), rest=sub.info)
+        return MethodResult(flags_N, scores_N, info)
+    labels_N, _ = two_means(feats_N2, starts=starts, seed=seed)
     ones = int(labels_N.sum())
     if 2 * ones == n or ones in (0, n):
         return MethodResult(flags_N, scores_N, {**info, "minority": 0})
-    minority_N = labels_N == (1 if 2 * ones < n else 0)
-    # Identical feature points (colluding identical rows) count once in the majority's centre
-    # and spread; copies hiding in the majority would otherwise shrink the spread to nothing.
-    majority_M2 = torch.unique(feats_N2[~minority_N], dim=0)
-    centre_2 = majority_M2.median(dim=0).values
-    dist_N = (feats_N2 - centre_2).norm(dim=1)
-    spread = float((majority_M2 - centre_2).norm(dim=1).median())
-    bound = max(threshold * spread, min_gap, 1e-12)
-    scores_N = dist_N / bound
-    scores_N = scores_N.where(minority_N, scores_N.clamp(max=1.0))
-    flags_N = minority_N & (scores_N > 1.0)
-    info.update(minority=int(minority_N.sum()), spread=spread, bound=bound)
+    if 2 * ones > n:  # label 1 = the smaller group
+        labels_N = 1 - labels_N
+    minority_N = labels_N.bool()
+    hi, lo = _robust_axes_spread(feats_N2)
+    ratio = math.ceil(10 * lo / hi - 1e-9) / 10 if hi > 0 else 1.0  # rounded up: conservative
+    bound = separation_null(n, max(ratio, 0.1), null_draws, alpha)
+    s_1, t_1N = separation(feats_N2[None], labels_N[None])
+    sep = float(s_1[0])
+    score = sep / bound if hi > 0 else math.inf  # hi = 0: most points coincide, any other group is real
+    # Bayes boundary between the groups along the separating line (t: 0 = majority mean,
+    # 1 = minority mean; equal variances, group sizes as priors)
+    m = int(minority_N.sum())
+    boundary = 0.5 + math.log((n - m) / m) / max(sep, 1e-12) ** 2
+    beyond_N = t_1N[0] > boundary
+    scores_N = torch.where(beyond_N, torch.tensor(score, dtype=torch.float64), scores_N)
+    flags_N = beyond_N & (score > 1.0)
+    info.update(
+        minority=m,
+        separation=round(sep, 4),
+        bound=round(bound, 4),
+    )
     return MethodResult(flags_N, scores_N, info)

@@ -1,0 +1,77 @@
+"""Batched 2-means (Lloyd) with k-means++ starts, for the rank-feature detectors.
+
+One call clusters B point sets of N points each at once (the observed features and the null
+draws of the significance test share the code), with S starts per set; the split of lowest
+within-cluster sum of squares is kept. Deterministic for a given generator.
+
+Legend: B point sets, S starts, N points, F features.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["two_means_batched"]
+
+
+def _kmeanspp_pairs(points_BNF: Tensor, starts: int, generator: torch.Generator) -> Tensor:
+    """(B, S, 2, F) starting centres: a uniform first centre, the second with probability ~ d^2."""
+    b, n, _ = points_BNF.shape
+    first_BS = torch.randint(n, (b, starts), generator=generator)
+    c0_BSF = torch.gather(points_BNF, 1, first_BS[..., None].expand(-1, -1, points_BNF.shape[2]))
+    d2_BSN = (points_BNF[:, None] - c0_BSF[:, :, None]).square().sum(-1)
+    w_BSN = d2_BSN + 1e-300  # all points coincide: any second centre
+    second_BS = torch.multinomial(w_BSN.reshape(b * starts, n), 1, generator=generator).reshape(b, starts)
+    c1_BSF = torch.gather(points_BNF, 1, second_BS[..., None].expand(-1, -1, points_BNF.shape[2]))
+    return torch.stack([c0_BSF, c1_BSF], dim=2)
+
+
+def two_means_batched(
+    points_BNF: Tensor,
+    *,
+    starts: int,
+    generator: torch.Generator,
+    iters: int = 30,
+    init_BSF2: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Best-of-``starts`` 2-means of every point set.
+
+    Args:
+        points_BNF: float64 points.
+        starts: k-means++ starts per set.
+        generator: draws the starts.
+        iters: Lloyd iterations at most (stops early once no label changes).
+        init_BSF2: optional extra starting centre pairs (B, S', 2, F), tried besides the random ones.
+
+    Returns:
+        labels_BN (int64 in {0, 1}) and the within-cluster sum of squares W_B of the kept split.
+    """
+    b, n, f = points_BNF.shape
+    centres_BS2F = _kmeanspp_pairs(points_BNF, starts, generator)
+    if init_BSF2 is not None:
+        centres_BS2F = torch.cat([centres_BS2F, init_BSF2], dim=1)
+    s = centres_BS2F.shape[1]
+    pts_BSNF = points_BNF[:, None].expand(b, s, n, f)
+    labels_BSN = torch.zeros(b, s, n, dtype=torch.int64)
+    for it in range(iters):
+        d0 = (pts_BSNF - centres_BS2F[:, :, 0:1]).square().sum(-1)
+        d1 = (pts_BSNF - centres_BS2F[:, :, 1:2]).square().sum(-1)
+        new_BSN = (d1 < d0).long()
+        if it > 0 and bool((new_BSN == labels_BSN).all()):
+            break
+        labels_BSN = new_BSN
+        one_BSN1 = labels_BSN[..., None].to(points_BNF.dtype)
+        n1_BS1 = one_BSN1.sum(2)
+        n0_BS1 = n - n1_BS1
+        sum1_BSF = (pts_BSNF * one_BSN1).sum(2)
+        sum0_BSF = pts_BSNF.sum(2) - sum1_BSF
+        # an emptied cluster keeps its centre (it can only win points back)
+        c0 = torch.where(n0_BS1 > 0, sum0_BSF / n0_BS1.clamp(min=1), centres_BS2F[:, :, 0])
+        c1 = torch.where(n1_BS1 > 0, sum1_BSF / n1_BS1.clamp(min=1), centres_BS2F[:, :, 1])
+        centres_BS2F = torch.stack([c0, c1], dim=2)
+    own_BSNF = torch.where(labels_BSN[..., None].bool(), centres_BS2F[:, :, 1:2], centres_BS2F[:, :, 0:1])
+    w_BS = (pts_BSNF - own_BSNF).square().sum((-1, -2))
+    best_B = w_BS.argmin(dim=1)
+    labels_BN = labels_BSN[torch.arange(b), best_B]
+    return labels_BN, w_BS[torch.arange(b), best_B]

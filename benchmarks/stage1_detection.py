@@ -42,7 +42,11 @@ def main() -> None:
     for n in sorted({r["num_nodes"] for r in rows}):
         for part in args.partitions.split(","):
             for method in METHODS:
-                cell = {r["attack"]: r for r in rows if (r["num_nodes"], r["partition"], r["method"]) == (n, part, method)}
+                cell = {
+                    r["attack"]: r
+                    for r in rows
+                    if (r["num_nodes"], r["partition"], r["method"]) == (n, part, method)
+                }
                 f1 = [f"{cell[a]['f1']:.3f}" if cell[a]["f1"] is not None else "-" for a in attacks]
                 print(f"| {n} | {part} | {method} | " + " | ".join(f1) + f" | {cell['none']['fpr']:.4f} |")
     RESULTS.mkdir(exist_ok=True)

@@ -18,9 +18,9 @@ from trustworthy_dl.security import (
     rank_features,
     two_means,
 )
+from trustworthy_dl.security.base import finite_rows, robust_z, sample_coords
 from trustworthy_dl.security.kmeans2 import two_means_batched
 from trustworthy_dl.security.mandera import duplicated_rows, separation, separation_null
-from trustworthy_dl.security.base import finite_rows, robust_z, sample_coords
 
 N, F, D = 16, 4, 2000
 
@@ -114,7 +114,9 @@ def test_batched_two_means_matches_sklearn_inertia():
 
 
 def test_duplicated_rows():
-    f = torch.tensor([[0.0, 1.0], [0.5, 0.5], [0.0, 1.0], [0.0, 1.0 + 1e-12], [2.0, 2.0]], dtype=torch.float64)
+    f = torch.tensor(
+        [[0.0, 1.0], [0.5, 0.5], [0.0, 1.0], [0.0, 1.0 + 1e-12], [2.0, 2.0]], dtype=torch.float64
+    )
     assert duplicated_rows(f).tolist() == [True, False, True, True, False]
 
 

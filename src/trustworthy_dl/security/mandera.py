@@ -56,7 +56,6 @@ from trustworthy_dl.security.ranks import rank_features
 __all__ = ["duplicated_rows", "mandera", "separation", "separation_null", "two_means"]
 
 
-
 def two_means(points_NF: Tensor, *, starts: int = 10, seed: int = 0) -> tuple[Tensor, float]:
     """Best-of-``starts`` k-means++ 2-means (plus a farthest-point start) of a few points.
 
@@ -184,7 +183,7 @@ def mandera(
     # from deciding for honest nodes that k-means puts next to the copies).
     dup_N = duplicated_rows(feats_N2)
     copies = int(dup_N.sum())
-    if 0 < copies and 2 * copies < n:
+    if copies > 0 and 2 * copies < n:
         rest = torch.nonzero(~dup_N).flatten()
         sub = mandera(x_Nd[rest], alpha=alpha, null_draws=null_draws, starts=starts, seed=seed)
         flags_N[rest], scores_N[rest] = sub.flags_N, sub.scores_N

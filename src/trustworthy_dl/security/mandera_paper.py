@@ -72,7 +72,9 @@ def mandera_paper(
     n = x_Nd.shape[0]
     ranks_Nd = average_ranks(x_Nd).to(torch.float64)
     mean_N = ranks_Nd.mean(dim=1)
-    std_N = ranks_Nd.std(dim=1, correction=1) if ranks_Nd.shape[1] > 1 else torch.zeros(n, dtype=torch.float64)
+    std_N = (
+        ranks_Nd.std(dim=1, correction=1) if ranks_Nd.shape[1] > 1 else torch.zeros(n, dtype=torch.float64)
+    )
     feats_N2 = torch.stack([mean_N, std_N], dim=1)
     info: dict[str, Any] = {"features": [json_list(row) for row in feats_N2]}
     flags_N = torch.zeros(n, dtype=torch.bool)

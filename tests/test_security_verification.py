@@ -68,16 +68,27 @@ def test_select_flagged_probation_watched_and_spot_checks():
     assert no_probation.select(flags, active, 0) == [1]
 
 
-def test_select_suspects_by_stage1_score():
+def test_select_suspects_by_stage1_score_within_the_budget():
     scores = torch.tensor([0.1, 0.7, 0.9, 0.6, 0.2, 0.55, 0.3, 2.0])
     flags = bmask(N, 7)
-    one = GradientVerifier(spot_check_fraction=0.0, warmup_rounds=0)  # cap ceil(8 / 8) = 1
-    assert one.select(flags, torch.ones(N, dtype=torch.bool), 0, scores_N=scores) == [2, 7]
-    assert one.last_selection == {2: "suspect", 7: "flagged"}
-    three = GradientVerifier(spot_check_fraction=0.0, max_suspects=3, suspect_score=0.65, warmup_rounds=0)
-    assert three.select(flags, torch.ones(N, dtype=torch.bool), 0, scores_N=scores) == [1, 2, 7]
-    none = GradientVerifier(spot_check_fraction=0.0, max_suspects=0, warmup_rounds=0)
-    assert none.select(flags, torch.ones(N, dtype=torch.bool), 0, scores_N=scores) == [7]
+    everyone = torch.ones(N, dtype=torch.bool)
+    # budget 2 / 7 of the pool of 7 unflagged nodes: exactly 2 extra checks, suspects first
+    two = GradientVerifier(spot_check_fraction=2 / 7, warmup_rounds=0)
+    assert two.select(flags, everyone, 0, scores_N=scores) == [1, 2, 7]
+    assert two.last_selection == {1: "suspect", 2: "suspect", 7: "flagged"}
+    # fewer suspects than the budget: the rest is drawn at random among the others
+    one = GradientVerifier(spot_check_fraction=2 / 7, suspect_score=0.8, warmup_rounds=0)
+    one.select(flags, everyone, 0, scores_N=scores)
+    assert sorted(one.last_selection.values()) == ["flagged", "spot-check", "suspect"]
+    assert one.last_selection[2] == "suspect"
+    capped = GradientVerifier(spot_check_fraction=3 / 7, max_suspects=1, suspect_score=0.5, warmup_rounds=0)
+    capped.select(flags, everyone, 0, scores_N=scores)
+    assert (
+        list(capped.last_selection.values()).count("suspect") == 1 and capped.last_selection[2] == "suspect"
+    )
+    assert list(capped.last_selection.values()).count("spot-check") == 2
+    none = GradientVerifier(spot_check_fraction=0.0, warmup_rounds=0)  # no budget: no suspects
+    assert none.select(flags, everyone, 0, scores_N=scores) == [7]
 
 
 def test_spot_check_fraction_respected_and_seeded():
@@ -105,6 +116,43 @@ def test_warmup_rounds_check_everyone():
     assert v.last_selection[3] == "flagged" and v.last_selection[5] == "probation"
     assert v.last_selection[0] == "warm-up"
     assert v.select(bmask(N, 3), torch.ones(N, dtype=torch.bool), 2) == [3]
+
+
+def test_probation_backs_off_while_failing_and_resets_after_a_pass():
+    v = GradientVerifier(spot_check_fraction=0.0, warmup_rounds=0, probation_max_interval=4)
+    truth = honest_updates()
+    bad = truth * 2
+    quarantined = ~bmask(N, 4)
+    checked = []
+    for r in range(14):
+        nodes = v.select(bmask(N, 4), quarantined, r)  # flagged every round: the schedule still decides
+        if nodes:
+            checked.append(r)
+            v.verify(bad if r < 10 else truth, nodes, lambda i: truth[i])  # fails until round 10
+    # waits 2, 4, 4 (capped) after each failed check; after the pass in round 10, every round
+    assert checked == [0, 2, 6, 10, 11, 12, 13]
+    w = GradientVerifier(probation_max_interval=4)
+    w.load_state_dict(v.state_dict())
+    assert w.state_dict() == v.state_dict()
+    every = GradientVerifier(spot_check_fraction=0.0, warmup_rounds=0, probation_max_interval=1)
+    for r in range(4):
+        assert every.select(bmask(N), quarantined, r) == [4]
+        every.verify(bad, [4], lambda i: truth[i])
+    with pytest.raises(ValueError, match="probation_max_interval"):
+        GradientVerifier(probation_max_interval=0)
+
+
+def test_security_layer_freezes_trust_of_resting_quarantined_nodes():
+    from trustworthy_dl.security.layer import SecurityLayer
+
+    v = GradientVerifier(spot_check_fraction=0.0, warmup_rounds=0, probation_max_interval=8)
+    layer = SecurityLayer(N, detector=None, verifier=v)
+    truth = honest_updates()
+    quarantined = ~bmask(N, 4)
+    verdict, _ = layer.inspect(truth * 2, round=0, active_N=quarantined, recompute=lambda i: truth[i])
+    assert verdict.observed_N is not None and verdict.observed_N.all()  # checked: seen
+    verdict, rec = layer.inspect(truth * 2, round=1, active_N=quarantined, recompute=lambda i: truth[i])
+    assert rec["recomputations"] == 0 and verdict.observed_N.tolist() == (~bmask(N, 4)).tolist()
 
 
 def test_verifier_state_dict_and_validation():

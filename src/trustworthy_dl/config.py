@@ -273,7 +273,11 @@ class SecurityConfig(_Section):
         default_factory=dict, description="Per-method parameters, e.g. {distance: {threshold: 5.0}}."
     )
     spot_check_fraction: float = Field(
-        0.1, ge=0, le=1, description="Fraction of unflagged active nodes re-computed each round (stage 2)."
+        0.05,
+        ge=0,
+        le=1,
+        description="Budget of extra stage-2 checks: expected fraction of unflagged active nodes "
+        "re-computed each round, the most suspicious first, the rest at random.",
     )
     verification_rtol: float = Field(
         1e-3, ge=0, description="Relative L2 tolerance of a re-computation match."
@@ -283,7 +287,14 @@ class SecurityConfig(_Section):
         5, ge=0, description="Clean re-checks a node that failed must pass before it is unwatched."
     )
     verify_quarantined: bool = Field(
-        True, description="Re-compute quarantined nodes every round (probation)."
+        True, description="Re-compute quarantined nodes on probation (see probation_max_interval)."
+    )
+    probation_max_interval: int = Field(
+        16,
+        ge=1,
+        le=10_000,
+        description="Longest wait in rounds between probation checks of a quarantined node: the "
+        "wait doubles after each failed check and is 1 again after a passed one (1: every round).",
     )
     warmup_rounds: int = Field(
         3,

@@ -186,7 +186,8 @@ class RoundLoop:
                 float(sec_rec.get("verify_s", 0.0)),
             )
             with timer("trust"):
-                events = exp.trust.update(verdict.evidence_N, observed_N=present_N)
+                seen_N = present_N if verdict.observed_N is None else present_N & verdict.observed_N
+                events = exp.trust.update(verdict.evidence_N, observed_N=seen_N)
             # trusted and not counted against this round: a row caught now never reaches the aggregate
             use_N = verdict.aggregate_mask(exp.trust.active_N)
             quarantined_now, reinstated_now = events.quarantined, events.reinstated

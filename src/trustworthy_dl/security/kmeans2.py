@@ -53,22 +53,22 @@ def two_means_batched(
         centres_BS2F = torch.cat([centres_BS2F, init_BSF2], dim=1)
     s = centres_BS2F.shape[1]
     pts_BSNF = points_BNF[:, None].expand(b, s, n, f)
+    total_BSF = pts_BSNF.sum(2)
     labels_BSN = torch.zeros(b, s, n, dtype=torch.int64)
     for it in range(iters):
-        d0 = (pts_BSNF - centres_BS2F[:, :, 0:1]).square().sum(-1)
-        d1 = (pts_BSNF - centres_BS2F[:, :, 1:2]).square().sum(-1)
-        new_BSN = (d1 < d0).long()
-        if it > 0 and bool((new_BSN == labels_BSN).all()):
+        # nearer to c1 than to c0  <=>  x . (c1 - c0) > (|c1|^2 - |c0|^2) / 2
+        c0, c1 = centres_BS2F[:, :, 0], centres_BS2F[:, :, 1]
+        cut_BS = (c1.square().sum(-1) - c0.square().sum(-1)) * 0.5
+        new_BSN = (torch.einsum("bsnf,bsf->bsn", pts_BSNF, c1 - c0) > cut_BS[..., None]).long()
+        if it > 0 and torch.equal(new_BSN, labels_BSN):
             break
         labels_BSN = new_BSN
-        one_BSN1 = labels_BSN[..., None].to(points_BNF.dtype)
-        n1_BS1 = one_BSN1.sum(2)
-        n0_BS1 = n - n1_BS1
-        sum1_BSF = (pts_BSNF * one_BSN1).sum(2)
-        sum0_BSF = pts_BSNF.sum(2) - sum1_BSF
+        one_BSN = labels_BSN.to(points_BNF.dtype)
+        n1_BS1 = one_BSN.sum(2, keepdim=True)
+        sum1_BSF = torch.einsum("bsnf,bsn->bsf", pts_BSNF, one_BSN)
         # an emptied cluster keeps its centre (it can only win points back)
-        c0 = torch.where(n0_BS1 > 0, sum0_BSF / n0_BS1.clamp(min=1), centres_BS2F[:, :, 0])
-        c1 = torch.where(n1_BS1 > 0, sum1_BSF / n1_BS1.clamp(min=1), centres_BS2F[:, :, 1])
+        c0 = torch.where(n1_BS1 < n, (total_BSF - sum1_BSF) / (n - n1_BS1).clamp(min=1), c0)
+        c1 = torch.where(n1_BS1 > 0, sum1_BSF / n1_BS1.clamp(min=1), c1)
         centres_BS2F = torch.stack([c0, c1], dim=2)
     own_BSNF = torch.where(labels_BSN[..., None].bool(), centres_BS2F[:, :, 1:2], centres_BS2F[:, :, 0:1])
     w_BS = (pts_BSNF - own_BSNF).square().sum((-1, -2))

@@ -14,6 +14,7 @@ when it hides inside the statistics (BTARD's validators, Gorbunov et al. 2022).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +90,10 @@ class SecurityLayer:
             rec["recomputations"] = verification.recomputations
             rec["verify_s"] = round_(verification.seconds)
         verdict = make_verdict(n, stage1=stage1, verification=verification, tampered=tampered)
+        if verification is not None:  # a quarantined node resting from probation was not seen
+            seen_N = active_N.bool().cpu() | verdict.flags_N | verdict.confirmed_N
+            seen_N[verification.checked] = True
+            verdict = dataclasses.replace(verdict, observed_N=seen_N)
         self.rounds += 1
         rec.update({k: v for k, v in verdict.info.items() if v})
         return verdict, rec
@@ -147,6 +152,7 @@ def build_security(cfg: Config, *, num_nodes: int) -> SecurityLayer | None:
                 watch_rounds=s.watch_rounds,
                 verify_quarantined=s.verify_quarantined,
                 warmup_rounds=s.warmup_rounds,
+                probation_max_interval=s.probation_max_interval,
             )
             if s.gradient_verification
             else None

@@ -37,6 +37,8 @@ class Verdict:
             tampered parameters.
         cleared_N: bool, re-computed and found honest this round.
         info: JSON-friendly lists of node ids per category, for the round log.
+        observed_N: bool, nodes whose work this round's checks saw (None: all). A quarantined
+            node that was neither checked nor flagged was not seen: its trust stands still.
     """
 
     evidence_N: Tensor
@@ -44,6 +46,7 @@ class Verdict:
     confirmed_N: Tensor
     cleared_N: Tensor
     info: dict[str, Any] = field(default_factory=dict)
+    observed_N: Tensor | None = None
 
     @property
     def positive_N(self) -> Tensor:

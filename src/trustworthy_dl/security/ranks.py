@@ -46,13 +46,13 @@ def average_ranks(x_Nd: Tensor) -> Tensor:
         x = x_Nd.float()
         out_Nd = torch.empty_like(x)
         block = max((1 << 18) // n, 256)  # ~1 MB of float32 per temporary
-        for lo in range(0, d, block):
-            xb = x[:, lo : lo + block]
+        for start in range(0, d, block):
+            xb = x[:, start : start + block]
             acc, tmp = torch.zeros_like(xb), torch.empty_like(xb)
             for j in range(n):
                 torch.sub(xb, xb[j], out=tmp)
                 acc += tmp.sign_()
-            out_Nd[:, lo : lo + block] = (acc + (n + 1)) * 0.5
+            out_Nd[:, start : start + block] = (acc + (n + 1)) * 0.5
         return out_Nd
     x_dN = x_Nd.t().contiguous()
     sorted_dN = torch.sort(x_dN, dim=1).values

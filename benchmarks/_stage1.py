@@ -26,13 +26,15 @@ from trustworthy_dl.security import Stage1Detector
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
-# name -> (attack.name, params, collude): the issue's attack list in the literature's variants.
+# name -> (attack.name, params, collude): the issue's attack list in the literature's variants
+# (mean_shift: z by ALIE's formula; mean_shift_mandera_z: by MANDERA's).
 ATTACKS: dict[str, tuple[str, dict, bool]] = {
     "none": ("none", {}, True),
     "gaussian": ("gaussian", {"center": "honest_mean", "std": 30.0}, False),
     "zero_gradient": ("zero_gradient", {}, True),
     "zero_sum": ("zero_sum", {}, True),
     "mean_shift": ("mean_shift", {"shift": None}, True),
+    "mean_shift_mandera_z": ("mean_shift", {"shift": None, "z_formula": "mandera"}, True),
     "sign_flip_x3_colluding": ("sign_flip", {"scale": 3.0}, True),
     "sign_flip_x3": ("sign_flip", {"scale": 3.0}, False),
 }
@@ -129,6 +131,27 @@ def score_grid(
     detectors = {m: Stage1Detector(methods=ms, num_coords=num_coords) for m, ms in methods.items()}
     cells = {(m, a): Counts() for m in methods for a in attacks}
     for r, honest_ND in honest_rounds(n, partition=partition, rounds=rounds, seed=seed):
+        for a in attacks:
+            x_ND, byz_N = attacked(a, honest_ND, num_byzantine=num_byzantine, round=r, seed=seed)
+            for m, det in detectors.items():
+                g = torch.Generator().manual_seed(seed * 1_000_003 + r)
+                cells[m, a].add(det.inspect(x_ND, generator=g).flags_N, byz_N)
+    return cells
+
+
+def score_rounds(
+    rounds: list[torch.Tensor],
+    num_byzantine: int,
+    *,
+    attacks: tuple[str, ...],
+    methods: dict[str, tuple[str, ...]],
+    seed: int = 0,
+    num_coords: int | None = 100_000,
+) -> dict[tuple[str, str], Counts]:
+    """Like :func:`score_grid`, over honest rounds collected once (reused for every Byzantine count)."""
+    detectors = {m: Stage1Detector(methods=ms, num_coords=num_coords) for m, ms in methods.items()}
+    cells = {(m, a): Counts() for m in methods for a in attacks}
+    for r, honest_ND in enumerate(rounds):
         for a in attacks:
             x_ND, byz_N = attacked(a, honest_ND, num_byzantine=num_byzantine, round=r, seed=seed)
             for m, det in detectors.items():

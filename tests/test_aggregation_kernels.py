@@ -308,13 +308,16 @@ def test_distance_rules_agree_on_native_and_torch_gram(name: str, monkeypatch: p
     X[7:] = -3 * X[:7].mean(0)  # two colluding outliers
     *pre, rule = name.split("+")
 
-    def run() -> torch.Tensor:
-        return build_aggregator(rule, f=2, pre=[{"name": p} for p in pre])(X).value_D
+    def run() -> tuple[torch.Tensor, str]:
+        res = build_aggregator(rule, f=2, pre=[{"name": p} for p in pre])(X)
+        return res.value_D, res.info["kernel"]
 
-    native = run()
+    native, kernel = run()
+    assert kernel == ("native" if _gram._native_gram(X, None) else "torch")  # says which path ran
     with monkeypatch.context() as m:
         m.setattr(_gram, "_native_gram", lambda X, E: False)
-        reference = run()
+        reference, kernel = run()
+    assert kernel == "torch"
     torch.testing.assert_close(native, reference, rtol=1e-5, atol=1e-6)
 
 

@@ -87,8 +87,11 @@ def test_sharded_equals_gather(rule: str, params: dict, pre: list) -> None:
         torch.testing.assert_close(sharded, whole, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("num_coords", [None, 1500])
-def test_sharded_stage1_detection_equals_gather(num_coords: int | None) -> None:
+@pytest.mark.parametrize(
+    ("num_coords", "methods"),
+    [(None, ("mandera", "distance")), (1500, ("mandera", "distance")), (None, ("mandera_paper",))],
+)
+def test_sharded_stage1_detection_equals_gather(num_coords: int | None, methods: tuple[str, ...]) -> None:
     from trustworthy_dl.security.detector import Stage1Detector
 
     g = torch.Generator().manual_seed(1)
@@ -96,7 +99,7 @@ def test_sharded_stage1_detection_equals_gather(num_coords: int | None) -> None:
     rows[[3, 7]] = rows[[0, 1, 2]].mean(0) - 1.5 * rows[[0, 1, 2]].std(0)  # ALIE-like
     rows[7] += 1e-2 * torch.randn(4001, generator=g)  # (exact copies make the collusion score log(~0))
     rows[5, 17] = float("nan")
-    det = Stage1Detector(methods=("mandera", "distance"), num_coords=num_coords)
+    det = Stage1Detector(methods=methods, num_coords=num_coords)
     whole = det.inspect(rows, generator=torch.Generator().manual_seed(9))
     assert whole.flags_N[[3, 5, 7]].all()
     parts = _run_shards(

@@ -261,7 +261,9 @@ class SecurityConfig(_Section):
         False, description="Stage 2: re-compute suspects' work on trusted nodes."
     )
     detection_methods: list[str] = Field(
-        default_factory=lambda: ["mandera", "distance"], description="Stage-1 methods (mandera, distance)."
+        default_factory=lambda: ["mandera", "distance"],
+        description="Stage-1 methods: mandera (calibrated rank test), distance, mandera_paper (the "
+        "authors' algorithm: always flags a cluster).",
     )
     detection_combine: Literal["any", "all", "vote"] = Field(
         "any", description="How stage-1 methods' flags combine."

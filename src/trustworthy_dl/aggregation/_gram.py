@@ -62,12 +62,14 @@ class Geometry:
         a: (R,) float64 ``(|v_i|^2 - T_ii) / 2``, or None until a rule needs absolute norms
             (:meth:`with_norms`); without it only affine quantities (differences of points whose
             coefficients sum to the same total) are available.
+        kernel: which path computed the Gram matrix: "native" or "torch".
     """
 
     T: Tensor
     s: Tensor
     far: Tensor
     a: Tensor | None = None
+    kernel: str = "torch"
 
     @property
     def n(self) -> int:
@@ -76,7 +78,7 @@ class Geometry:
     def with_norms(self, sq_norms_R: Tensor) -> Geometry:
         """The same points with their squared norms known (enables absolute quantities)."""
         a = ((sq_norms_R - self.T.diagonal()) / 2).masked_fill(self.far, 0.0)
-        return Geometry(T=self.T, s=self.s, far=self.far, a=a)
+        return Geometry(T=self.T, s=self.s, far=self.far, a=a, kernel=self.kernel)
 
     def _a(self) -> Tensor:
         if self.a is None:
@@ -97,7 +99,7 @@ class Geometry:
         TU = U @ self.T @ U.T
         TU = (TU + TU.T) * 0.5
         a = None if self.a is None else (U @ self.a)[inv]
-        return Geometry(T=TU[inv][:, inv], s=(U @ self.s)[inv], far=far, a=a)
+        return Geometry(T=TU[inv][:, inv], s=(U @ self.s)[inv], far=far, a=a, kernel=self.kernel)
 
     def sq_norms(self) -> Tensor:
         """(R,) squared norms; +inf for far points. Needs the absolute geometry."""
@@ -172,7 +174,8 @@ def centred_gram(X_ND: Tensor, extras_KD: Tensor | None = None, *, block: int | 
     K = 0 if extras_KD is None else int(extras_KD.shape[0])
     R = N + K
     B = min(block or max(1 << 14, min(1 << 16, GRAM_BLOCK_VALUES // max(1, R))), D)
-    if _native_gram(X_ND, extras_KD):
+    native = _native_gram(X_ND, extras_KD)
+    if native:
         B = min(block or NATIVE_BLOCK, D)
         parts = map_column_chunks(
             lambda s, e: _gram_chunk_native(X_ND, extras_KD, s, e, B), D, B, X_ND.device
@@ -186,7 +189,8 @@ def centred_gram(X_ND: Tensor, extras_KD: Tensor | None = None, *, block: int | 
     if bool(far.any()):
         T[far] = 0.0
         T[:, far] = 0.0
-    return Geometry(T=T, s=torch.ones(R, dtype=torch.float64, device=X_ND.device), far=far)
+    ones_R = torch.ones(R, dtype=torch.float64, device=X_ND.device)
+    return Geometry(T=T, s=ones_R, far=far, kernel="native" if native else "torch")
 
 
 def _padded_rows(n: int) -> int:

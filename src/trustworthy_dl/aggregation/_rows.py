@@ -127,7 +127,7 @@ class Rows:
             base = centred_gram(self.X, extras_KD)
             if c.geometry is None:  # the rows' part is what a later stage would compute anyway
                 N = self.N
-                c.geometry = Geometry(base.T[:N, :N], base.s[:N], base.far[:N])
+                c.geometry = Geometry(base.T[:N, :N], base.s[:N], base.far[:N], kernel=base.kernel)
             if absolute:
                 q_e = row_norms(extras_KD).square()
                 base = base.with_norms(torch.cat([self._sq_norms_N(), q_e]))
@@ -274,6 +274,8 @@ class Rows:
             selected_N = (self.coef[sel] != 0).any(0)
         else:
             selected_N = torch.zeros(self.N, dtype=torch.bool, device=self.X.device)
+        if self._cache.geometry is not None and "kernel" not in info:  # a distance-based rule
+            info = {**info, "kernel": self._cache.geometry.kernel}
         return AggResult(value_D=value_D, weights_N=weights_N, selected_N=selected_N, info=info)
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from trustworthy_dl.security.base import DETECTION_METHODS, MethodResult, json_list
-from trustworthy_dl.security.ranks import average_ranks
+from trustworthy_dl.security.ranks import rank_moments
 
 __all__ = ["duplicated_count", "mandera_paper"]
 
@@ -70,11 +70,7 @@ def mandera_paper(
     from sklearn.cluster import KMeans  # imported here: scikit-learn is slow to import
 
     n = x_Nd.shape[0]
-    ranks_Nd = average_ranks(x_Nd).to(torch.float64)
-    mean_N = ranks_Nd.mean(dim=1)
-    std_N = (
-        ranks_Nd.std(dim=1, correction=1) if ranks_Nd.shape[1] > 1 else torch.zeros(n, dtype=torch.float64)
-    )
+    mean_N, std_N = rank_moments(x_Nd, correction=1)
     feats_N2 = torch.stack([mean_N, std_N], dim=1)
     info: dict[str, Any] = {"features": [json_list(row) for row in feats_N2]}
     flags_N = torch.zeros(n, dtype=torch.bool)

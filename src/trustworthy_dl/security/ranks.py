@@ -21,7 +21,7 @@ from torch import Tensor
 
 from trustworthy_dl.aggregation.sharding import reduce_partial, shard_columns
 
-__all__ = ["average_ranks", "rank_features"]
+__all__ = ["average_ranks", "rank_features", "rank_moments"]
 
 
 def average_ranks(x_Nd: Tensor) -> Tensor:
@@ -61,6 +61,32 @@ def average_ranks(x_Nd: Tensor) -> Tensor:
     return ((lo + hi + 1).to(torch.float32) * 0.5).t()
 
 
+def rank_moments(x_Nd: Tensor, *, correction: int = 0) -> tuple[Tensor, Tensor]:
+    """Each node's mean and standard deviation of its coordinate ranks (float64, N each).
+
+    ``correction`` 0: population std; 1: sample std (the paper's). In a sharded round the
+    moments are over every process's coordinates.
+    """
+    n = x_Nd.shape[0]
+    ranks_Nd = average_ranks(x_Nd).to(torch.float64)
+    if shard_columns() is None:
+        d = ranks_Nd.shape[1]
+        return ranks_Nd.mean(dim=1), ranks_Nd.std(dim=1, correction=correction if d > correction else 0)
+    sums = reduce_partial(
+        torch.stack(
+            [
+                ranks_Nd.sum(dim=1),
+                ranks_Nd.square().sum(dim=1),
+                torch.full((n,), float(ranks_Nd.shape[1]), dtype=torch.float64),
+            ]
+        )
+    )
+    d_N = sums[2]
+    mean_N = sums[0] / d_N
+    var_N = (sums[1] - d_N * mean_N.square()).clamp(min=0) / (d_N - correction).clamp(min=1)
+    return mean_N, var_N.sqrt()
+
+
 def rank_features(x_Nd: Tensor) -> Tensor:
     """MANDERA's node features (mean rank, rank spread), in units of the honest rank spread.
 
@@ -74,22 +100,7 @@ def rank_features(x_Nd: Tensor) -> Tensor:
         (N, 2) float64 features.
     """
     n = x_Nd.shape[0]
-    ranks_Nd = average_ranks(x_Nd).to(torch.float64)
+    mean_N, std_N = rank_moments(x_Nd)
     centre = (n + 1) / 2
     spread = math.sqrt(max(n * n - 1, 1) / 12)
-    if shard_columns() is None:
-        mean_N = ranks_Nd.mean(dim=1)
-        std_N = ranks_Nd.std(dim=1, correction=0)
-    else:  # sharded round: the moments of every process's coordinates
-        sums = reduce_partial(
-            torch.stack(
-                [
-                    ranks_Nd.sum(dim=1),
-                    ranks_Nd.square().sum(dim=1),
-                    torch.full((n,), float(ranks_Nd.shape[1]), dtype=torch.float64),
-                ]
-            )
-        )
-        mean_N = sums[0] / sums[2]
-        std_N = (sums[1] / sums[2] - mean_N.square()).clamp(min=0).sqrt()
     return torch.stack([(mean_N - centre) / spread, std_N / spread - 1.0], dim=1)

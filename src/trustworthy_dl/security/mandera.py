@@ -134,7 +134,7 @@ def mandera(
     x_Nd: Tensor,
     *,
     reference_d: Tensor | None = None,
-    alpha: float = 1e-3,
+    alpha: float = 1e-2,
     null_draws: int = 2000,
     starts: int = 4,
     seed: int = 0,
@@ -145,7 +145,10 @@ def mandera(
         x_Nd: finite updates on the sampled coordinates.
         reference_d: unused (ranks need no reference); accepted for a uniform signature.
         alpha: the significance level of the split (the chance, per round, that one honest blob
-            is called two groups if it were exactly Gaussian).
+            is called two groups if it were exactly Gaussian; a flat, platykurtic blob splits
+            more often). 0.01: on honest Fashion-MNIST gradients (N = 16-100, IID and
+            Dirichlet 0.5) no node-round was flagged; 0.001 loses a third of the power on
+            small groups (3 sign flippers x3 of 16 nodes: TPR 0.36 -> 0.20).
         null_draws: point sets simulated for the null distribution of the separation.
         starts: k-means++ starts of the observed split (the null draws use 3).
         seed: the observed split's k-means++ starts.

@@ -64,7 +64,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", default="16,64")
     ap.add_argument("--attacks", default="none,sign_flip,alie")
-    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=60)
     args = ap.parse_args()
     rows = []
     for n in (int(x) for x in args.nodes.split(",")):

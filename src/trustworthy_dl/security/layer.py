@@ -159,4 +159,8 @@ def build_security(cfg: Config, *, num_nodes: int) -> SecurityLayer | None:
         )
     except (ValueError, TypeError) as err:
         raise ConfigError(f"security: {err}") from None
+    if detector is not None and "mandera" in detector.methods:  # its null, simulated once per N, at set-up
+        from trustworthy_dl.security.mandera import warm_null
+
+        warm_null(num_nodes, **detector.params.get("mandera", {}))
     return SecurityLayer(num_nodes, detector=detector, verifier=verifier, seed=cfg.seed)

@@ -53,7 +53,7 @@ from trustworthy_dl.security.base import DETECTION_METHODS, MethodResult, json_l
 from trustworthy_dl.security.kmeans2 import two_means_batched
 from trustworthy_dl.security.ranks import rank_features
 
-__all__ = ["duplicated_rows", "mandera", "separation", "separation_null", "two_means"]
+__all__ = ["duplicated_rows", "mandera", "separation", "separation_null", "two_means", "warm_null"]
 
 
 def two_means(points_NF: Tensor, *, starts: int = 4, seed: int = 0) -> tuple[Tensor, float]:
@@ -119,6 +119,14 @@ def separation_null(n: int, draws: int, alpha: float) -> float:
     q90 = float(torch.quantile(s_B, 0.9))
     excess = float((s_B[s_B > q90] - q90).mean())
     return q90 + excess * math.log(0.1 / alpha)
+
+
+def warm_null(n: int, *, alpha: float = 1e-2, null_draws: int = 2000, **_: Any) -> None:
+    """Simulate (and cache) the null quantiles :func:`mandera` will need for N nodes, ahead of
+    the first round (``_`` takes the method's other parameters)."""
+    if n >= 3:
+        separation_null(n, null_draws, alpha)
+        separation_null(n, null_draws, 0.5)
 
 
 def duplicated_rows(feats_NF: Tensor, decimals: int = 9) -> Tensor:

@@ -155,12 +155,19 @@ def build_pipeline_experiment(
     if m_rep >= 2 and (s.attack_detection or s.gradient_verification):
         stats_cfg = cfg
         if m_rep < MIN_ROWS_FOR_STATISTICS and s.attack_detection:
+            # spot checks are then the groups' only signal: they get twice the budget (the share
+            # that stage-1 suspects would have used)
+            spot = min(1.0, 2 * s.spot_check_fraction)
             notes.append(
                 f"stage-1 statistics off on the stage groups: {m_rep} replicas are too few rows "
-                f"(needs {MIN_ROWS_FOR_STATISTICS}); rows are verified by re-computation"
+                f"(needs {MIN_ROWS_FOR_STATISTICS}); rows are verified by re-computation "
+                f"(spot checks at {spot:g} of the rows per step)"
             )
             stats_cfg = cfg.model_copy(
-                update={"security": s.model_copy(update={"attack_detection": False})}, deep=True
+                update={
+                    "security": s.model_copy(update={"attack_detection": False, "spot_check_fraction": spot})
+                },
+                deep=True,
             )
         if stats_cfg.security.attack_detection or stats_cfg.security.gradient_verification:
             group_security = []

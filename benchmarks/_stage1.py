@@ -39,12 +39,19 @@ ATTACKS: dict[str, tuple[str, dict, bool]] = {
     "sign_flip_x3": ("sign_flip", {"scale": 3.0}, False),
 }
 
-# what each reported "method" runs: the default stage 1 and each method alone
+# what each reported "method" runs: the default stage 1 and each method alone, and the rank test
+# with the norm as a third feature (``with_norm``), alone and with distance
 METHODS: dict[str, tuple[str, ...]] = {
     "default": ("mandera", "distance"),
     "mandera": ("mandera",),
     "distance": ("distance",),
     "mandera_paper": ("mandera_paper",),
+    "mandera_norm": ("mandera",),
+    "default_norm": ("mandera", "distance"),
+}
+METHOD_PARAMS: dict[str, dict] = {
+    "mandera_norm": {"mandera": {"with_norm": True}},
+    "default_norm": {"mandera": {"with_norm": True}},
 }
 
 
@@ -128,7 +135,10 @@ def score_grid(
     num_coords: int | None = 100_000,
 ) -> dict[tuple[str, str], Counts]:
     """Confusion counts for every (method, attack) over ``rounds`` honest rounds."""
-    detectors = {m: Stage1Detector(methods=ms, num_coords=num_coords) for m, ms in methods.items()}
+    detectors = {
+        m: Stage1Detector(methods=ms, num_coords=num_coords, params=METHOD_PARAMS.get(m))
+        for m, ms in methods.items()
+    }
     cells = {(m, a): Counts() for m in methods for a in attacks}
     for r, honest_ND in honest_rounds(n, partition=partition, rounds=rounds, seed=seed):
         for a in attacks:
@@ -149,7 +159,10 @@ def score_rounds(
     num_coords: int | None = 100_000,
 ) -> dict[tuple[str, str], Counts]:
     """Like :func:`score_grid`, over honest rounds collected once (reused for every Byzantine count)."""
-    detectors = {m: Stage1Detector(methods=ms, num_coords=num_coords) for m, ms in methods.items()}
+    detectors = {
+        m: Stage1Detector(methods=ms, num_coords=num_coords, params=METHOD_PARAMS.get(m))
+        for m, ms in methods.items()
+    }
     cells = {(m, a): Counts() for m in methods for a in attacks}
     for r, honest_ND in enumerate(rounds):
         for a in attacks:

@@ -178,6 +178,18 @@ def test_mandera_pools_a_group_no_member_of_which_stands_out_alone():
     assert hits >= 95 and fps <= 2
 
 
+def test_mandera_with_norm_pools_small_sign_flipping_groups_and_spares_honest_rows():
+    hits = fps = 0
+    for seed in range(5):
+        x = honest(seed, n=50, d=3000, het=0.3)
+        x[:10] = -3 * x[:10]
+        res = mandera(x, with_norm=True)
+        hits += int(res.flags_N[:10].sum())
+        fps += int(res.flags_N[10:].sum())
+    assert hits >= 48 and fps <= 1
+    assert sum(int(mandera(honest(s, n=50, d=3000), with_norm=True).flags_N.sum()) for s in range(20)) == 0
+
+
 def test_mandera_paper_always_flags_a_cluster_and_prefers_duplicates():
     x = honest(0, n=30)
     res = mandera_paper(x)

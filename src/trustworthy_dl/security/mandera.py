@@ -49,7 +49,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trustworthy_dl.security.base import DETECTION_METHODS, MethodResult, json_list
+from trustworthy_dl.aggregation.sharding import reduce_partial
+from trustworthy_dl.security.base import DETECTION_METHODS, MAD_SCALE, MethodResult, json_list
 from trustworthy_dl.security.kmeans2 import two_means_batched
 from trustworthy_dl.security.ranks import rank_features
 
@@ -99,8 +100,9 @@ def separation(points_BNF: Tensor, labels_BN: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @functools.lru_cache(maxsize=64)
-def separation_null(n: int, draws: int, alpha: float) -> float:
-    """The (1 - alpha) quantile of the best 2-means split's separation S of N Gaussian points.
+def separation_null(n: int, draws: int, alpha: float, dims: int = 2) -> float:
+    """The (1 - alpha) quantile of the best 2-means split's separation S of N Gaussian points
+    in ``dims`` dimensions.
 
     The Gaussian is isotropic: an elongated one splits along its long axis with a slightly
     smaller S (the 99.9% quantile at N = 100 is 3.49 isotropic, 3.40 with spreads 1 : 0.3), so
@@ -110,10 +112,10 @@ def separation_null(n: int, draws: int, alpha: float) -> float:
     off one or two points), so a normal fit would be too low, and the tail fit needs 10x fewer
     draws than the empirical quantile. Seeded by N: the same null in every process and round.
     """
-    g = torch.Generator().manual_seed(1_000_003 * n + draws)
-    pts_BN2 = torch.randn(draws, n, 2, generator=g, dtype=torch.float64)
-    labels_BN, _ = two_means_batched(pts_BN2, starts=3, generator=g)
-    s_B, _ = separation(pts_BN2, labels_BN)
+    g = torch.Generator().manual_seed(1_000_003 * n + draws + 7_919 * (dims - 2))
+    pts_BNF = torch.randn(draws, n, dims, generator=g, dtype=torch.float64)
+    labels_BN, _ = two_means_batched(pts_BNF, starts=3, generator=g)
+    s_B, _ = separation(pts_BNF, labels_BN)
     if alpha >= 0.1:
         return float(torch.quantile(s_B, 1.0 - alpha))
     q90 = float(torch.quantile(s_B, 0.9))
@@ -121,12 +123,14 @@ def separation_null(n: int, draws: int, alpha: float) -> float:
     return q90 + excess * math.log(0.1 / alpha)
 
 
-def warm_null(n: int, *, alpha: float = 1e-2, null_draws: int = 2000, **_: Any) -> None:
+def warm_null(
+    n: int, *, alpha: float = 1e-2, null_draws: int = 2000, with_norm: bool = False, **_: Any
+) -> None:
     """Simulate (and cache) the null quantiles :func:`mandera` will need for N nodes, ahead of
     the first round (``_`` takes the method's other parameters)."""
     if n >= 3:
-        separation_null(n, null_draws, alpha)
-        separation_null(n, null_draws, 0.5)
+        separation_null(n, null_draws, alpha, 3 if with_norm else 2)
+        separation_null(n, null_draws, 0.5, 3 if with_norm else 2)
 
 
 def duplicated_rows(feats_NF: Tensor, decimals: int = 9) -> Tensor:
@@ -146,6 +150,7 @@ def mandera(
     null_draws: int = 2000,
     starts: int = 4,
     seed: int = 0,
+    with_norm: bool = False,
 ) -> MethodResult:
     """Flag the smaller 2-means group of rank features when the split is significant.
 
@@ -160,6 +165,10 @@ def mandera(
         null_draws: point sets simulated for the null distribution of the separation.
         starts: k-means++ starts of the observed split (the null draws use 3).
         seed: the observed split's k-means++ starts.
+        with_norm: cluster on three features, the two rank features and the log of the update's
+            norm, each in units of its robust spread across nodes (1.4826 x MAD): a node whose
+            rank profile and norm both stray a little (sign flip x3 of a noisy gradient) stands
+            further apart than on either (README: "Stage-1 detection in MANDERA's setting").
 
     Returns:
         flags_N for the nodes beyond the groups' boundary on the smaller group's side when the
@@ -186,11 +195,19 @@ def mandera(
     copies = int(dup_N.sum())
     if copies > 0 and 2 * copies < n:
         rest = torch.nonzero(~dup_N).flatten()
-        sub = mandera(x_Nd[rest], alpha=alpha, null_draws=null_draws, starts=starts, seed=seed)
+        sub = mandera(
+            x_Nd[rest], alpha=alpha, null_draws=null_draws, starts=starts, seed=seed, with_norm=with_norm
+        )
         flags_N[rest], scores_N[rest] = sub.flags_N, sub.scores_N
         flags_N[dup_N], scores_N[dup_N] = True, math.inf
         info.update(duplicates=torch.nonzero(dup_N).flatten().tolist(), rest=sub.info)
         return MethodResult(flags_N, scores_N, info)
+    if with_norm:
+        log_norm_N = reduce_partial(x_Nd.double().square().sum(dim=1)).clamp(min=1e-300).log() / 2
+        raw_NF = torch.cat([feats_N2, log_norm_N[:, None]], dim=1)
+        centre_F = raw_NF.median(dim=0).values
+        spread_F = MAD_SCALE * (raw_NF - centre_F).abs().median(dim=0).values
+        feats_N2 = (raw_NF - centre_F) / spread_F.clamp(min=1e-12)
     labels_N, _ = two_means(feats_N2, starts=starts, seed=seed)
     ones = int(labels_N.sum())
     if 2 * ones == n or ones in (0, n):
@@ -198,8 +215,9 @@ def mandera(
     if 2 * ones > n:  # label 1 = the smaller group
         labels_N = 1 - labels_N
     minority_N = labels_N.bool()
-    bound = separation_null(n, null_draws, alpha)
-    typical = separation_null(n, null_draws, 0.5)  # the null's median
+    dims = int(feats_N2.shape[1])
+    bound = separation_null(n, null_draws, alpha, dims)
+    typical = separation_null(n, null_draws, 0.5, dims)  # the null's median
     s_1, t_1N = separation(feats_N2[None], labels_N[None])
     sep = float(s_1[0])
     # 0 at the null's median separation, 1 at its (1 - alpha) quantile: > 1 is significant

@@ -135,18 +135,10 @@ def score_grid(
     num_coords: int | None = 100_000,
 ) -> dict[tuple[str, str], Counts]:
     """Confusion counts for every (method, attack) over ``rounds`` honest rounds."""
-    detectors = {
-        m: Stage1Detector(methods=ms, num_coords=num_coords, params=METHOD_PARAMS.get(m))
-        for m, ms in methods.items()
-    }
-    cells = {(m, a): Counts() for m in methods for a in attacks}
-    for r, honest_ND in honest_rounds(n, partition=partition, rounds=rounds, seed=seed):
-        for a in attacks:
-            x_ND, byz_N = attacked(a, honest_ND, num_byzantine=num_byzantine, round=r, seed=seed)
-            for m, det in detectors.items():
-                g = torch.Generator().manual_seed(seed * 1_000_003 + r)
-                cells[m, a].add(det.inspect(x_ND, generator=g).flags_N, byz_N)
-    return cells
+    honest = [h for _, h in honest_rounds(n, partition=partition, rounds=rounds, seed=seed)]
+    return score_rounds(
+        honest, num_byzantine, attacks=attacks, methods=methods, seed=seed, num_coords=num_coords
+    )
 
 
 def score_rounds(

@@ -40,6 +40,18 @@ def _cli(prefix: list[str], config: Path, out: Path, *overrides: str) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def _sim_and_torchrun(
+    tmp_path: Path, name: str, yaml_text: str, nproc: int
+) -> tuple[Path, list[float], list[float]]:
+    """Write the config, run it simulated (``sim``) and under torchrun with ``nproc`` ranks
+    (``dist``); returns the config path and both runs' per-step losses."""
+    cfg = tmp_path / name
+    cfg.write_text(yaml_text)
+    _cli([sys.executable], cfg, tmp_path / "sim")
+    _cli([*TORCHRUN, "--nproc-per-node", str(nproc)], cfg, tmp_path / "dist")
+    return cfg, _losses(tmp_path / "sim"), _losses(tmp_path / "dist")
+
+
 # --------------------------------------------------------------------------- schedules
 
 
@@ -325,17 +337,16 @@ def test_seed_pipeline_config_runs_with_tiny_gpt2(tmp_path: Path) -> None:
 def test_two_stage_pipeline_under_torchrun_matches_the_simulated_one(tmp_path: Path, attack: str) -> None:
     """Stage 0 on rank 0, stage 1 on rank 1: activations and activation-gradients cross the process
     boundary by send/recv (gloo, loopback); a Byzantine stage tampers inside its own process."""
-    cfg = tmp_path / "pipe.yaml"
-    cfg.write_text(
+    cfg, sim, dist = _sim_and_torchrun(
+        tmp_path,
+        "pipe.yaml",
         "seed: 0\nmodel: {name: cnn}\ndata: {name: digits}\n"
         "training: {batch_size: 16, max_rounds: 6, learning_rate: 0.05, eval_every: 3}\n"
         "distributed: {num_nodes: 2, parallelism: model, num_stages: 2, micro_batches: 4, schedule: 1f1b}\n"
         f"attack: {{name: {attack}, byzantine_ids: [0], start_round: 2}}\n"
-        "output: {progress: false, plots: false}\n"
+        "output: {progress: false, plots: false}\n",
+        2,
     )
-    _cli([sys.executable], cfg, tmp_path / "sim")
-    _cli([*TORCHRUN, "--nproc-per-node", "2"], cfg, tmp_path / "dist")
-    sim, dist = _losses(tmp_path / "sim"), _losses(tmp_path / "dist")
     assert len(dist) == 6
     assert dist == pytest.approx(sim, rel=1e-5, abs=1e-6)
     summary = json.loads((tmp_path / "dist" / "summary.json").read_text())
@@ -356,8 +367,9 @@ def test_defended_pipeline_across_five_processes_migrates_the_byzantine_stage_to
     micro-batches from what the stage's neighbours report, quarantines node 1 and migrates stage 1
     to the spare rank (parameters and optimizer state from the last verified snapshot): every step
     equals the simulated run's."""
-    cfg = tmp_path / "pipe5.yaml"
-    cfg.write_text(
+    _, sim, dist = _sim_and_torchrun(
+        tmp_path,
+        "pipe5.yaml",
         "seed: 0\nmodel: {name: gpt2, size: tiny}\n"
         "data: {name: text, block_size: 16, max_train_samples: 512, max_test_samples: 64}\n"
         "training: {batch_size: 8, max_rounds: 12, optimizer: adamw, learning_rate: 0.002, eval_every: 6}\n"
@@ -365,11 +377,10 @@ def test_defended_pipeline_across_five_processes_migrates_the_byzantine_stage_to
         "security: {attack_detection: true, gradient_verification: true, pipeline_verify_rate: 0.25}\n"
         "trust: {snapshot_every: 5}\n"
         "attack: {name: activation_tamper, byzantine_ids: [1], start_round: 6}\n"
-        "output: {progress: false, plots: false}\n"
+        "output: {progress: false, plots: false}\n",
+        5,
     )
-    _cli([sys.executable], cfg, tmp_path / "sim")
-    _cli([*TORCHRUN, "--nproc-per-node", "5"], cfg, tmp_path / "dist")
-    assert _losses(tmp_path / "dist") == pytest.approx(_losses(tmp_path / "sim"), rel=1e-5, abs=1e-6)
+    assert dist == pytest.approx(sim, rel=1e-5, abs=1e-6)
     s = json.loads((tmp_path / "dist" / "summary.json").read_text())
     assert s["processes"] == 5 and s["trust"]["quarantined"] == [1]
     (ev,) = s["migrations"]["events"]
@@ -384,16 +395,15 @@ def test_defended_pipeline_across_five_processes_migrates_the_byzantine_stage_to
 def test_hybrid_over_three_processes_matches_the_simulated_one(tmp_path: Path) -> None:
     """2 replicas x 3 stages + 1 spare on 3 ranks (nodes 0-2, 3-5, 6): stage rows are reduced over
     each stage's sub-group (its holders' ranks and the coordinator), the spare's rank holds nothing."""
-    cfg = tmp_path / "hybrid.yaml"
-    cfg.write_text(
+    _, sim, dist = _sim_and_torchrun(
+        tmp_path,
+        "hybrid.yaml",
         "seed: 0\nmodel: {name: cnn}\ndata: {name: digits}\n"
         "training: {batch_size: 16, max_rounds: 4, learning_rate: 0.05, eval_every: 4}\n"
         "distributed: {num_nodes: 7, parallelism: hybrid, num_stages: 3, replicas: 2, spares: 1}\n"
-        "output: {progress: false, plots: false}\n"
+        "output: {progress: false, plots: false}\n",
+        3,
     )
-    _cli([sys.executable], cfg, tmp_path / "sim")
-    _cli([*TORCHRUN, "--nproc-per-node", "3"], cfg, tmp_path / "dist")
-    sim, dist = _losses(tmp_path / "sim"), _losses(tmp_path / "dist")
     assert len(dist) == 4 and dist == pytest.approx(sim, rel=1e-5, abs=1e-6)
 
 

@@ -202,29 +202,29 @@ def mandera(
         flags_N[dup_N], scores_N[dup_N] = True, math.inf
         info.update(duplicates=torch.nonzero(dup_N).flatten().tolist(), rest=sub.info)
         return MethodResult(flags_N, scores_N, info)
+    pts_NF = feats_N2  # the points that are split
     if with_norm:
         log_norm_N = reduce_partial(x_Nd.double().square().sum(dim=1)).clamp(min=1e-300).log() / 2
         raw_NF = torch.cat([feats_N2, log_norm_N[:, None]], dim=1)
         centre_F = raw_NF.median(dim=0).values
         spread_F = MAD_SCALE * (raw_NF - centre_F).abs().median(dim=0).values
-        feats_N2 = (raw_NF - centre_F) / spread_F.clamp(min=1e-12)
-    labels_N, _ = two_means(feats_N2, starts=starts, seed=seed)
+        pts_NF = (raw_NF - centre_F) / spread_F.clamp(min=1e-12)
+    labels_N, _ = two_means(pts_NF, starts=starts, seed=seed)
     ones = int(labels_N.sum())
     if 2 * ones == n or ones in (0, n):
         return MethodResult(flags_N, scores_N, {**info, "minority": 0})
     if 2 * ones > n:  # label 1 = the smaller group
         labels_N = 1 - labels_N
-    minority_N = labels_N.bool()
-    dims = int(feats_N2.shape[1])
+    dims = int(pts_NF.shape[1])
     bound = separation_null(n, null_draws, alpha, dims)
     typical = separation_null(n, null_draws, 0.5, dims)  # the null's median
-    s_1, t_1N = separation(feats_N2[None], labels_N[None])
+    s_1, t_1N = separation(pts_NF[None], labels_N[None])
     sep = float(s_1[0])
     # 0 at the null's median separation, 1 at its (1 - alpha) quantile: > 1 is significant
     score = max(sep - typical, 0.0) / max(bound - typical, 1e-12)
     # Bayes boundary between the groups along the separating line (t: 0 = majority mean,
     # 1 = minority mean; equal variances, group sizes as priors)
-    m = int(minority_N.sum())
+    m = min(ones, n - ones)
     boundary = 0.5 + math.log((n - m) / m) / max(sep, 1e-12) ** 2
     beyond_N = t_1N[0] > boundary
     scores_N = torch.where(beyond_N, torch.tensor(score, dtype=torch.float64), scores_N)

@@ -88,7 +88,7 @@ class GradientVerifier:
         seed: derives the per-round spot-check generator when ``select`` is given none.
         watch_rounds: consecutive clean checks a node that failed must pass before it is no
             longer re-checked every round.
-        verify_quarantined: check every quarantined node every round (probation).
+        verify_quarantined: re-check quarantined nodes on their probation schedule (False: never).
         suspect_score: unflagged nodes with a stage-1 score at or above this (1.0 = the flag
             threshold) are checked as suspects, within the budget, when ``select`` is given scores.
         max_suspects: at most this many suspects per round, highest scores first (None: the

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trustworthy_dl.config_base import _Section
+from trustworthy_dl.config_privacy import PrivacyConfig
 from trustworthy_dl.config_yaml import load_yaml_text, read_yaml
 from trustworthy_dl.errors import ConfigError, TdlError
 
@@ -345,10 +346,6 @@ class FaultConfig(_Section):
         if self.kind == "straggler" and self.rounds not in (None, 1):
             raise ValueError(f"fault straggler on node {self.node}: a straggler is late for one round")
         return self
-
-
-class PrivacyConfig(_Section):
-    enabled: bool = Field(False, description="Node-side DP / sparsification (not implemented yet).")
 
 
 class OutputConfig(_Section):

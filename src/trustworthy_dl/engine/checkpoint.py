@@ -102,6 +102,7 @@ def save_checkpoint(loop: RoundLoop, path: Path, *, next_round: int, wall_s: flo
             "wall_s": wall_s,
         },
         "rng": torch.get_rng_state(),
+        "privacy": _privacy_state(loop),
         "extra": loop.extra_state(),
     }
     tmp = path.with_suffix(".tmp")
@@ -164,5 +165,31 @@ def restore(loop: RoundLoop, state: dict[str, Any]) -> int:
     loop.reassignments = json.loads(state["loop"]["reassignments"])
     loop.faults.load_state_dict(json.loads(state["loop"].get("faults", "{}")))
     torch.set_rng_state(state["rng"])
+    _load_privacy_state(loop, state.get("privacy"))
     loop.load_extra_state(state.get("extra", {}))
     return int(state["next_round"])
+
+
+def _privacy_state(loop: RoundLoop) -> dict[str, Any] | None:
+    """The accountant's steps per shard and the nodes' error-feedback memories (privacy on)."""
+    p = loop.exp.privacy
+    if p is None:
+        return None
+    return {
+        "accountant": p.accountant.state_dict() if p.accountant is not None else None,
+        "mechanism": p.mechanism.state_dict(),
+    }
+
+
+def _load_privacy_state(loop: RoundLoop, state: dict[str, Any] | None) -> None:
+    p = loop.exp.privacy
+    if p is None:
+        return
+    if state is None:
+        raise ConfigError("the checkpoint has no privacy state (written with privacy off)")
+    try:
+        if p.accountant is not None and state["accountant"] is not None:
+            p.accountant.load_state_dict(state["accountant"])
+        p.mechanism.load_state_dict(state["mechanism"])
+    except (KeyError, ValueError) as err:
+        raise ConfigError(f"the checkpoint's privacy state does not fit this run: {err}") from None

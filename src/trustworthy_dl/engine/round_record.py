@@ -28,6 +28,7 @@ class CoordinatorRecord:
         trust / quarantined: scores and the quarantined set after this round (security on).
         aggregator: the rule's own diagnostics (``AggResult.info``).
         faults: nodes whose row was missing (``absent``), newly so (``absent_now``), back (``back_now``).
+        privacy: epsilon spent so far (worst shard) at the configured delta (privacy on).
     """
 
     num_active: int
@@ -43,6 +44,7 @@ class CoordinatorRecord:
     quarantined: list[int] | None = None
     aggregator: dict[str, Any] | None = None
     faults: dict[str, Any] | None = None
+    privacy: dict[str, Any] | None = None
 
     _ALWAYS = frozenset({"num_active", "num_aggregated", "f_eff"})
     _IF_SET = frozenset({"security", "weights", "trust", "quarantined"})  # written even when empty
@@ -60,6 +62,7 @@ class CoordinatorRecord:
         "quarantined",
         "aggregator",
         "faults",
+        "privacy",
     )
 
     def to_dict(self) -> dict[str, Any]:

@@ -96,6 +96,8 @@ def run_summary(loop: RoundLoop, wall: float) -> dict[str, Any]:
         if exp.security is not None:
             summary["detection"]["verification"] = exp.security.cost_summary()
         summary["trust"] = exp.trust.summary()
+    if exp.privacy is not None:
+        summary["privacy"] = exp.privacy.summary()
     faults = loop.faults.summary()
     if faults is not None:
         summary["faults"] = faults

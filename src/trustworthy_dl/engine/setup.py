@@ -27,6 +27,7 @@ from trustworthy_dl.engine.optim import CoordinatorOptimizer
 from trustworthy_dl.engine.task import Task
 from trustworthy_dl.errors import ConfigError
 from trustworthy_dl.models import get_model, model_kind
+from trustworthy_dl.privacy.setup import PrivacyLayer, build_privacy, check_privacy
 from trustworthy_dl.security.layer import SecurityLayer, build_security
 from trustworthy_dl.trust import ShardScheduler, TrustManager
 
@@ -57,6 +58,7 @@ class Experiment:
     rounds_per_epoch: int
     total_rounds: int
     pipeline: PipelineParts | None = None
+    privacy: PrivacyLayer | None = None
     faults: FaultSchedule = field(default_factory=FaultSchedule)
 
     def batch(self, node: int, round_idx: int, shards: list[int]) -> tuple[Tensor, Tensor]:
@@ -101,8 +103,7 @@ def check_supported(cfg: Config) -> None:
         from trustworthy_dl.engine.pipeline_setup import check_pipeline_supported
 
         check_pipeline_supported(cfg)
-    if cfg.privacy.enabled:
-        raise ConfigError("privacy.enabled=true: the privacy layer is not implemented yet")
+    check_privacy(cfg)
     if cfg.output.tensorboard:
         try:
             import tensorboard  # noqa: F401
@@ -167,6 +168,9 @@ def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
     if tcfg.max_rounds is not None:
         total = min(total, tcfg.max_rounds)
 
+    privacy = build_privacy(
+        cfg, flat, task, shard_sizes=sampler.shard_sizes, batch_size=tcfg.batch_size, total_rounds=max(total, 1)
+    )
     adversary = AdversarialAttacker(cfg.attack, num_nodes=n, seed=cfg.seed)
     aggregator = build_run_aggregator(cfg)
     trust = TrustManager.from_config(n, cfg)
@@ -190,6 +194,7 @@ def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
         optimizer=optimizer,
         rounds_per_epoch=rounds_per_epoch,
         total_rounds=max(total, 1),
+        privacy=privacy,
         faults=FaultSchedule(tuple(cfg.faults), dcfg.round_timeout_s),
     )
 

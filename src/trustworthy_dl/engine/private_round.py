@@ -1,0 +1,50 @@
+"""The privacy layer's two places in a data-parallel round: the nodes' private updates (in each
+node's process) and the coordinator's accounting of the data they used."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from trustworthy_dl.engine.setup import Experiment
+
+__all__ = ["account_round", "private_compute"]
+
+
+def private_compute(
+    exp: Experiment, nodes: Sequence[int], r: int, batches: Sequence[tuple[Tensor, Tensor]], out_RD: Tensor
+) -> Tensor:
+    """Each local node's row: the private update of an honest node, the plain gradient of a
+    Byzantine one (an attacker adds no noise; its row is corrupted next). Returns the losses."""
+    assert exp.privacy is not None and exp.computer is not None
+    losses = torch.empty(len(batches))
+    for i, (node, (x, y)) in enumerate(zip(nodes, batches)):
+        if exp.adversary.is_byzantine(node):
+            losses[i] = exp.computer.compute([(x, y)], out_RD[i : i + 1])[0]
+        else:
+            losses[i] = exp.privacy.mechanism.update(node, r, x, y, out_RD[i])
+    return losses
+
+
+def account_round(exp: Experiment, assignment: list[list[int]]) -> dict[str, Any]:
+    """Step the accountant once per batch an honest node drew this round; the round's record.
+
+    A node holding no shard (on probation) computed on its home shards' next batch: that is a use
+    of those shards too. Every honest node's update is counted, present or not (a late row may
+    still have been seen on the wire).
+    """
+    assert exp.privacy is not None
+    acc = exp.privacy.accountant
+    if acc is None:
+        return {"epsilon": None}
+    for node, shards in enumerate(assignment):
+        if exp.adversary.is_byzantine(node):
+            continue
+        for shard in shards or exp.scheduler.home_shards(node):
+            acc.step(shard)
+    eps = acc.epsilon()
+    return {"epsilon": round(eps, 4) if eps != float("inf") else "inf"}

@@ -1,0 +1,85 @@
+"""Per-sample gradients, clipped and summed: the node-side half of DP-SGD (Abadi et al. 2016).
+
+``torch.func.vmap(grad(loss of one sample))`` gives every sample's gradient in one batched pass
+(one kernel per layer over the batch); each is scaled to norm at most C and the scaled gradients
+are summed. Samples are processed in chunks so memory stays at ``chunk x D`` floats.
+``benchmarks/privacy.py`` compares this with opacus's grad samplers (``GradSampleModule``
+hooks) on the project's CNN and reports both; vmap needs no wrapping of the model, which keeps the
+flat-parameter engine (parameters are views of one vector) untouched.
+
+BatchNorm has no per-sample gradient (a sample's output depends on the whole batch): such models
+are refused with a ConfigError, as opacus does.
+
+Legend: B samples in the node's batch, D flat parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.func import functional_call, grad_and_value, vmap
+
+from trustworthy_dl.engine.flat import FlatModel
+from trustworthy_dl.engine.task import Task
+from trustworthy_dl.errors import ConfigError
+
+__all__ = ["PerSampleClipper", "clip_rows_"]
+
+
+def clip_rows_(rows_BD: Tensor, clip_norm: float) -> Tensor:
+    """Scale each row in place to L2 norm at most ``clip_norm``; returns the norms before clipping."""
+    norms_B = torch.linalg.vector_norm(rows_BD, dim=1)
+    factor_B = (clip_norm / (norms_B + 1e-12)).clamp_(max=1.0)
+    rows_BD.mul_(factor_B.unsqueeze(1))
+    return norms_B
+
+
+class PerSampleClipper:
+    """The sum over a batch of per-sample gradients, each clipped to ``clip_norm``.
+
+    Args:
+        flat: the model behind one flat parameter vector.
+        task: the loss (image classification or next-token prediction).
+        clip_norm: C.
+        chunk: samples per vmap call (bounds memory to chunk x D).
+    """
+
+    def __init__(self, flat: FlatModel, task: Task, *, clip_norm: float, chunk: int = 64) -> None:
+        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in flat.model.modules()):
+            raise ConfigError(
+                "privacy.mode=dp_sgd needs per-sample gradients, which BatchNorm does not have (a "
+                "sample's output depends on its batch); use model.norm=group (or privacy.mode=node_clip)"
+            )
+        self.flat, self.task, self.clip_norm, self.chunk = flat, task, float(clip_norm), int(chunk)
+        self._fn: Callable[..., tuple[dict[str, Tensor], Tensor]] | None = None
+
+    def _build(self) -> Callable[..., tuple[dict[str, Tensor], Tensor]]:
+        model, task = self.flat.model, self.task
+
+        def one(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+            return task.loss(functional_call(model, params, (x.unsqueeze(0),)), y.unsqueeze(0))
+
+        return vmap(grad_and_value(one), in_dims=(None, 0, 0))
+
+    def per_sample(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Every sample's flat gradient (B, D) and loss (B,), unclipped."""
+        if self._fn is None:
+            self._fn = self._build()
+        params = {n: p.detach() for n, p in zip(self.flat.names, self.flat.params)}
+        grads, losses = self._fn(params, x, y)
+        b = x.shape[0]
+        return torch.cat([grads[n].reshape(b, -1) for n in self.flat.names], dim=1), losses.detach()
+
+    def clipped_sum(self, x: Tensor, y: Tensor, out_D: Tensor) -> tuple[float, float]:
+        """Write sum_i clip(g_i, C) into ``out_D``; returns (mean loss, fraction of samples clipped)."""
+        out_D.zero_()
+        total_loss, clipped, b = 0.0, 0, x.shape[0]
+        for start in range(0, b, self.chunk):
+            g_BD, loss_B = self.per_sample(x[start : start + self.chunk], y[start : start + self.chunk])
+            norms_B = clip_rows_(g_BD, self.clip_norm)
+            out_D.add_(g_BD.sum(0))
+            total_loss += float(loss_B.sum())
+            clipped += int((norms_B > self.clip_norm).sum())
+        return total_loss / max(b, 1), clipped / max(b, 1)

@@ -42,5 +42,7 @@ class PrivacyConfig(_Section):
     @model_validator(mode="after")
     def _mode_fields(self) -> PrivacyConfig:
         if self.mode == "none" and self.target_epsilon is not None:
-            raise ValueError("privacy.target_epsilon needs mode dp_sgd or node_clip (mode none adds no noise)")
+            raise ValueError(
+                "privacy.target_epsilon needs mode dp_sgd or node_clip (mode none adds no noise)"
+            )
         return self

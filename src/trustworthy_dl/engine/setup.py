@@ -169,7 +169,12 @@ def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
         total = min(total, tcfg.max_rounds)
 
     privacy = build_privacy(
-        cfg, flat, task, shard_sizes=sampler.shard_sizes, batch_size=tcfg.batch_size, total_rounds=max(total, 1)
+        cfg,
+        flat,
+        task,
+        shard_sizes=sampler.shard_sizes,
+        batch_size=tcfg.batch_size,
+        total_rounds=max(total, 1),
     )
     adversary = AdversarialAttacker(cfg.attack, num_nodes=n, seed=cfg.seed)
     aggregator = build_run_aggregator(cfg)

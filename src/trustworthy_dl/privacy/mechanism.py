@@ -45,11 +45,15 @@ class NodePrivacy:
         seed: the run seed (keys the replayable generators).
     """
 
-    def __init__(self, cfg: PrivacyConfig, flat: FlatModel, task: Task, *, noise_multiplier: float, seed: int) -> None:
+    def __init__(
+        self, cfg: PrivacyConfig, flat: FlatModel, task: Task, *, noise_multiplier: float, seed: int
+    ) -> None:
         self.cfg, self.flat, self.task, self.seed = cfg, flat, task, int(seed)
         self.mode, self.clip_norm = cfg.mode, float(cfg.clip_norm)
         self.sigma = float(noise_multiplier) if cfg.mode != "none" else 0.0
-        self.clipper = PerSampleClipper(flat, task, clip_norm=self.clip_norm) if cfg.mode == "dp_sgd" else None
+        self.clipper = (
+            PerSampleClipper(flat, task, clip_norm=self.clip_norm) if cfg.mode == "dp_sgd" else None
+        )
         sp = cfg.sparsify
         self.sparsifier = (
             Sparsifier(sp.kind, sp.ratio, error_feedback=sp.error_feedback) if sp.kind != "none" else None
@@ -81,7 +85,11 @@ class NodePrivacy:
         dev = out_D.device
         add_noise_(out_D, self.noise_std(x.shape[0]), node_generator(self.seed, node, round, "noise", dev))
         if self.sparsifier is not None:
-            gen = node_generator(self.seed, node, round, "randk", dev) if self.sparsifier.kind == "randk" else None
+            gen = (
+                node_generator(self.seed, node, round, "randk", dev)
+                if self.sparsifier.kind == "randk"
+                else None
+            )
             if memory:
                 self.sparsifier.apply_(node, out_D, gen)
             else:  # a verifier's replay: the same selection, no memory (none exists without error feedback)
@@ -99,7 +107,9 @@ class NodePrivacy:
 
     def replay(self, node: int, round: int, x: Tensor, y: Tensor) -> Tensor:
         """What an honest ``node`` sent in ``round`` (for the verifier): a fresh tensor."""
-        out = torch.empty(self.flat.num_params, dtype=self.flat.params_D.dtype, device=self.flat.params_D.device)
+        out = torch.empty(
+            self.flat.num_params, dtype=self.flat.params_D.dtype, device=self.flat.params_D.device
+        )
         self._private(node, round, x, y, out, memory=False)
         return out
 

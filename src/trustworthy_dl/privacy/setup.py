@@ -34,7 +34,8 @@ class PrivacyLayer:
             "accountant": cfg.accountant if self.accountant is not None else None,
             "epsilon": _finite(self.accountant.epsilon()) if self.accountant is not None else None,
             "bytes_per_update": self.mechanism.bytes_per_update(),
-            "dense_bytes_per_update": self.mechanism.flat.num_params * self.mechanism.flat.params_D.element_size(),
+            "dense_bytes_per_update": self.mechanism.flat.num_params
+            * self.mechanism.flat.params_D.element_size(),
         }
         if self.accountant is not None:
             out["epsilon_per_shard"] = [_finite(e) for e in self.accountant.per_shard()]
@@ -92,14 +93,18 @@ def build_privacy(
         try:
             sigma = (
                 noise_for_target(
-                    p.target_epsilon, delta=p.delta, sample_rate=max(rates), steps=total_rounds, accountant=p.accountant
+                    p.target_epsilon,
+                    delta=p.delta,
+                    sample_rate=max(rates),
+                    steps=total_rounds,
+                    accountant=p.accountant,
                 )
                 / factor
             )
         except ValueError as err:
             raise ConfigError(f"privacy.target_epsilon={p.target_epsilon} cannot be reached: {err}") from None
     mechanism = NodePrivacy(p, flat, task, noise_multiplier=sigma, seed=cfg.seed)
-    accountant = (
-        ShardAccountant(rates, sigma * factor, p.accountant, p.delta) if p.mode != "none" else None
+    accountant = ShardAccountant(rates, sigma * factor, p.accountant, p.delta) if p.mode != "none" else None
+    return PrivacyLayer(
+        mechanism=mechanism, accountant=accountant, noise_multiplier=sigma if p.mode != "none" else 0.0
     )
-    return PrivacyLayer(mechanism=mechanism, accountant=accountant, noise_multiplier=sigma if p.mode != "none" else 0.0)

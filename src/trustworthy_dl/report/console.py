@@ -92,6 +92,14 @@ def print_summary(summary: dict[str, Any], *, console: Console | None = None) ->
             ("stage migrations", mig.get("count")),
             ("verification / step time", None if share is None else f"{100 * share:.1f}%"),
         ]
+    priv = summary.get("privacy")
+    if priv:
+        rows.append(
+            (
+                f"privacy ({priv['mode']}, {priv['accountant'] or 'no accountant'})",
+                f"epsilon {priv['epsilon']} at delta {priv['delta']:g}, sigma {priv['noise_multiplier']:g}",
+            )
+        )
     thr = summary.get("throughput", {})
     rows += [
         ("wall time (s)", summary.get("wall_s")),

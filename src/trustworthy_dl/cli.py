@@ -5,6 +5,7 @@
     tdl sweep CONFIG --grid key=v1,v2 [--grid ...] --out DIR [--jobs K]
     tdl validate CONFIG [--set ...]     # parse and validate only
     tdl report RUN_DIR                  # print a finished run's headline figures
+    tdl privacy-audit CONFIG --out DIR [--attack dlg|idlg|ig] [--images 16] [--rounds 0,50]
     tdl list models|datasets|aggregators|attacks
 
 User errors (bad config, missing data) print one message and exit with status 2.
@@ -87,6 +88,18 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="print the headline figures of a finished run")
     rep.add_argument("run_dir")
+
+    audit = sub.add_parser(
+        "privacy-audit", help="reconstruct node updates by gradient inversion, with and without the privacy layer"
+    )
+    config_args(audit)
+    audit.add_argument("--out", required=True, help="directory for audit.json, audit.md and the image grids")
+    audit.add_argument("--attack", default="idlg", help="dlg | idlg | ig (default idlg)")
+    audit.add_argument("--images", type=int, default=16, help="updates attacked per setting and round")
+    audit.add_argument("--rounds", default="0", help="comma-separated rounds whose model is attacked (0,50)")
+    audit.add_argument("--batch-size", type=int, default=1, help="images per attacked update (1..8)")
+    audit.add_argument("--iterations", type=int, help="attack iterations (default: 100 L-BFGS steps, ig 1000)")
+    audit.add_argument("--quiet", action="store_true", help="no progress bar")
 
     lst = sub.add_parser("list", help="list registered components")
     lst.add_argument("what", choices=["models", "datasets", "aggregators", "attacks"])
@@ -242,6 +255,29 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_privacy_audit(args: argparse.Namespace) -> int:
+    from trustworthy_dl.privacy.inversion.audit import run_audit
+
+    try:
+        rounds = [int(v) for v in args.rounds.split(",") if v.strip()]
+    except ValueError:
+        raise TdlError(f"--rounds takes comma-separated integers, got {args.rounds!r}") from None
+    report = run_audit(
+        _load(args),
+        args.out,
+        attack=args.attack,
+        images=args.images,
+        rounds=rounds,
+        batch_size=args.batch_size,
+        iterations=args.iterations,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        print((Path(args.out) / "audit.md").read_text())
+    del report
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {
@@ -251,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "validate": _cmd_validate,
         "report": _cmd_report,
         "list": _cmd_list,
+        "privacy-audit": _cmd_privacy_audit,
     }[args.command]
     try:
         return handler(args)

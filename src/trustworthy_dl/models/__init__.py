@@ -3,7 +3,7 @@
 Importing this package imports every model module, which registers its models.
 """
 
-from trustworthy_dl.models import cnn, gpt2, mlp, resnet, vgg  # noqa: F401  (register the models)
+from trustworthy_dl.models import cnn, gpt2, lenet, mlp, resnet, vgg  # noqa: F401  (register the models)
 from trustworthy_dl.models.norm import NORMS, make_norm
 from trustworthy_dl.models.registry import MODELS, get_model, list_models, model_kind, model_sizes
 from trustworthy_dl.models.stages import count_parameters, model_blocks, split_into_stages

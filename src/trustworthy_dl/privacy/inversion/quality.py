@@ -1,0 +1,61 @@
+"""How good a reconstruction is: PSNR and SSIM (torchmetrics) against the true inputs, label
+accuracy, and a PNG grid of originals above reconstructions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import Tensor
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+__all__ = ["image_quality", "label_accuracy", "save_grid"]
+
+
+def image_quality(recon_BCHW: Tensor, truth_BCHW: Tensor) -> tuple[list[float], list[float]]:
+    """Per image PSNR (dB) and SSIM of ``recon`` against ``truth``, both in [0, 1]."""
+    psnr, ssim = [], []
+    for r, t in zip(recon_BCHW.clamp(0, 1), truth_BCHW.clamp(0, 1)):
+        psnr.append(float(peak_signal_noise_ratio(r[None], t[None], data_range=1.0)))
+        ssim.append(float(structural_similarity_index_measure(r[None], t[None], data_range=1.0)))
+    return psnr, ssim
+
+
+def label_accuracy(pred_B: Tensor, truth_B: Tensor) -> float:
+    """Share of the batch's labels recovered (as a multiset: a batch's order is not observable)."""
+    pred, truth = sorted(pred_B.tolist()), sorted(truth_B.tolist())
+    left = list(truth)
+    hits = 0
+    for p in pred:
+        if p in left:
+            left.remove(p)
+            hits += 1
+    return hits / max(len(truth), 1)
+
+
+def save_grid(originals: Tensor, recons: dict[str, Tensor], path: Path, *, title: str = "") -> None:
+    """Row 1 the originals, one row per setting's reconstructions; images (B, C, H, W) in [0, 1]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [("original", originals)] + list(recons.items())
+    n = originals.shape[0]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n + 1.5, 1.3 * len(rows)), squeeze=False)
+    for i, (name, imgs) in enumerate(rows):
+        for j in range(n):
+            ax = axes[i][j]
+            img = imgs[j].clamp(0, 1)
+            if img.shape[0] == 1:
+                ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(img.permute(1, 2, 0).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

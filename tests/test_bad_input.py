@@ -237,5 +237,6 @@ def test_garbage_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str], blob:
 
 
 def test_validate_refuses_what_run_refuses(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", "--set", "privacy.enabled=true"]) == 2
-    assert "not implemented" in capsys.readouterr().err
+    args = ["validate", "--set", "privacy.enabled=true", "--set", "distributed.parallelism=model"]
+    assert main(args) == 2
+    assert "data parallelism" in capsys.readouterr().err

@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir")
 
     audit = sub.add_parser(
-        "privacy-audit", help="reconstruct node updates by gradient inversion, with and without the privacy layer"
+        "privacy-audit",
+        help="reconstruct node updates by gradient inversion, with and without the privacy layer",
     )
     config_args(audit)
     audit.add_argument("--out", required=True, help="directory for audit.json, audit.md and the image grids")
@@ -98,7 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--images", type=int, default=16, help="updates attacked per setting and round")
     audit.add_argument("--rounds", default="0", help="comma-separated rounds whose model is attacked (0,50)")
     audit.add_argument("--batch-size", type=int, default=1, help="images per attacked update (1..8)")
-    audit.add_argument("--iterations", type=int, help="attack iterations (default: 100 L-BFGS steps, ig 1000)")
+    audit.add_argument(
+        "--iterations", type=int, help="attack iterations (default: 100 L-BFGS steps, ig 1000)"
+    )
     audit.add_argument("--quiet", action="store_true", help="no progress bar")
 
     lst = sub.add_parser("list", help="list registered components")

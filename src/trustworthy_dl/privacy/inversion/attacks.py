@@ -11,6 +11,9 @@
   sign of the gradient of ``1 - cos(g(x'), g) + tv * TV(x')``, step decay at 3/8, 5/8 and 7/8 of
   the iterations, inputs kept inside the data's box.
 
+Against a sparsified update (more than half its coordinates zero) the attacker knows the support
+(the indices are sent) and matches the gradient on it only.
+
 The observed update is what the node sent (noisy, clipped or sparsified when privacy is on); the
 attacker knows the model parameters of that round and the loss (the threat model's eavesdropper
 or curious coordinator). Inputs live in the model's (normalised) space; ``box`` is its range.
@@ -53,6 +56,10 @@ def infer_labels(observed: dict[str, Tensor], batch: int, head_weight: str) -> T
     return torch.argsort(rows)[:batch]
 
 
+def _masked(grads: list[Tensor], masks: list[Tensor] | None) -> list[Tensor]:
+    return grads if masks is None else [g * m for g, m in zip(grads, masks)]
+
+
 def _tv(x: Tensor) -> Tensor:
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
@@ -73,7 +80,9 @@ def invert(
     """Run ``attack`` against the flat update ``observed_D`` of ``model`` (at its current parameters)."""
     if attack not in ATTACKS:
         raise ValueError(f"unknown inversion attack {attack!r}; valid: {', '.join(ATTACKS)}")
-    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters() if p.requires_grad}
+    params = {
+        n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters() if p.requires_grad
+    }
     if not params:
         raise ValueError("the model has no trainable parameters: there is no gradient to invert")
     observed = {n: v.detach() for n, v in unflatten(observed_D.detach()).items()}
@@ -82,20 +91,24 @@ def invert(
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape_BCHW, generator=g).requires_grad_(True)
     targets = list(observed.values())
+    # a sparsified update tells the attacker its support: match the gradient there only
+    nonzero = sum(int((t != 0).sum()) for t in targets)
+    masks = [(t != 0).float() for t in targets] if nonzero < 0.5 * observed_D.numel() else None
     if attack == "dlg":
         y_logits = torch.randn(b, num_classes, generator=g).requires_grad_(True)
-        return _lbfgs(model, params, targets, x, y_logits, None, iterations)
+        return _lbfgs(model, params, targets, masks, x, y_logits, None, iterations)
     labels = infer_labels(observed, b, head)
     onehot = F.one_hot(labels, num_classes).float()
     if attack == "idlg":
-        return _lbfgs(model, params, targets, x, None, onehot, iterations)
-    return _inverting_gradients(model, params, targets, x, onehot, iterations, box, tv)
+        return _lbfgs(model, params, targets, masks, x, None, onehot, iterations)
+    return _inverting_gradients(model, params, targets, masks, x, onehot, iterations, box, tv)
 
 
 def _lbfgs(
     model: nn.Module,
     params: dict[str, Tensor],
     targets: list[Tensor],
+    masks: list[Tensor] | None,
     x: Tensor,
     y_logits: Tensor | None,
     onehot: Tensor | None,
@@ -109,7 +122,7 @@ def _lbfgs(
         opt.zero_grad()
         target = F.softmax(y_logits, -1) if y_logits is not None else onehot
         assert target is not None
-        grads = _grads(model, params, x, target)
+        grads = _masked(_grads(model, params, x, target), masks)
         diff = sum(((gd - gt) ** 2).sum() for gd, gt in zip(grads, targets))
         assert isinstance(diff, Tensor)
         diff.backward()
@@ -128,6 +141,7 @@ def _inverting_gradients(
     model: nn.Module,
     params: dict[str, Tensor],
     targets: list[Tensor],
+    masks: list[Tensor] | None,
     x: Tensor,
     onehot: Tensor,
     iterations: int,
@@ -141,7 +155,7 @@ def _inverting_gradients(
     loss_v = float("nan")
     for _ in range(iterations):
         opt.zero_grad()
-        grads = _grads(model, params, x, onehot)
+        grads = _masked(_grads(model, params, x, onehot), masks)
         dot = sum((gd * gt).sum() for gd, gt in zip(grads, targets))
         g_norm = torch.sqrt(sum((gd * gd).sum() for gd in grads))  # type: ignore[arg-type]
         loss = 1 - dot / (g_norm * t_norm + 1e-12) + tv * _tv(x)

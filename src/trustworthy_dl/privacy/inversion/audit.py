@@ -86,7 +86,9 @@ def run_audit(
     out.mkdir(parents=True, exist_ok=True)
     exp = build_experiment(cfg)
     if exp.data.kind != "image":
-        raise ConfigError(f"gradient inversion reconstructs images; {cfg.data.name} is a {exp.data.kind} dataset")
+        raise ConfigError(
+            f"gradient inversion reconstructs images; {cfg.data.name} is a {exp.data.kind} dataset"
+        )
     iters = iterations if iterations is not None else (1000 if attack == "ig" else 100)
     mean, std = float(exp.data.meta.get("mean", 0.0)), float(exp.data.meta.get("std", 1.0))
     box = ((0 - mean) / std, (1 - mean) / std)

@@ -12,11 +12,18 @@ __all__ = ["image_quality", "label_accuracy", "save_grid"]
 
 
 def image_quality(recon_BCHW: Tensor, truth_BCHW: Tensor) -> tuple[list[float], list[float]]:
-    """Per image PSNR (dB) and SSIM of ``recon`` against ``truth``, both in [0, 1]."""
+    """Per image PSNR (dB) and SSIM of ``recon`` against ``truth``, both in [0, 1] (SSIM with an 11x11
+    Gaussian window; a uniform window of the largest odd size that fits for images under 11 pixels)."""
     psnr, ssim = [], []
+    side = min(truth_BCHW.shape[-2:])
+    kernel = max(3, min(11, side if side % 2 else side - 1))  # 11 (the standard) unless the image is smaller
     for r, t in zip(recon_BCHW.clamp(0, 1), truth_BCHW.clamp(0, 1)):
         psnr.append(float(peak_signal_noise_ratio(r[None], t[None], data_range=1.0)))
-        ssim.append(float(structural_similarity_index_measure(r[None], t[None], data_range=1.0)))
+        value = structural_similarity_index_measure(
+            r[None], t[None], data_range=1.0, gaussian_kernel=kernel == 11, kernel_size=kernel
+        )
+        assert isinstance(value, Tensor)  # a tuple only with return_full_image / return_contrast_sensitivity
+        ssim.append(float(value))
     return psnr, ssim
 
 
@@ -39,7 +46,7 @@ def save_grid(originals: Tensor, recons: dict[str, Tensor], path: Path, *, title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [("original", originals)] + list(recons.items())
+    rows = [("original", originals), *recons.items()]
     n = originals.shape[0]
     fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n + 1.5, 1.3 * len(rows)), squeeze=False)
     for i, (name, imgs) in enumerate(rows):

@@ -58,12 +58,20 @@ class NodePrivacy:
         self.sparsifier = (
             Sparsifier(sp.kind, sp.ratio, error_feedback=sp.error_feedback) if sp.kind != "none" else None
         )
+        self.unit_batch: int | None = None  # dp_sgd noise is sigma C / unit_batch (see noise_std)
         self.clipped_fraction = 0.0  # dp_sgd: share of the last round's samples whose gradient was clipped
 
     def noise_std(self, batch_size: int) -> float:
-        """The std of the noise on each coordinate of the update the node sends."""
+        """The std of the noise on each coordinate of the update the node sends.
+
+        dp_sgd: sigma * C / b with b = ``unit_batch`` (the per-shard batch, set by the engine) when
+        given, else the batch's own size. A node holding k shards averages k * b samples but still
+        adds the noise of one shard's batch: its row looks like every other row to stage-1
+        statistics (with sigma C / (k b) the holders of moved shards stood out every round), and
+        its guarantee is stronger than the one accounted (multiplier k * sigma against sigma).
+        """
         if self.mode == "dp_sgd":
-            return self.sigma * self.clip_norm / max(batch_size, 1)
+            return self.sigma * self.clip_norm / max(self.unit_batch or batch_size, 1)
         return self.sigma * self.clip_norm
 
     def _clean(self, x: Tensor, y: Tensor, out_D: Tensor) -> float:

@@ -104,6 +104,7 @@ def build_privacy(
         except ValueError as err:
             raise ConfigError(f"privacy.target_epsilon={p.target_epsilon} cannot be reached: {err}") from None
     mechanism = NodePrivacy(p, flat, task, noise_multiplier=sigma, seed=cfg.seed)
+    mechanism.unit_batch = batch_size
     accountant = ShardAccountant(rates, sigma * factor, p.accountant, p.delta) if p.mode != "none" else None
     return PrivacyLayer(
         mechanism=mechanism, accountant=accountant, noise_multiplier=sigma if p.mode != "none" else 0.0

@@ -6,7 +6,9 @@ here, simulated, with the run's own privacy settings, in ``DIR/train_round{r}``;
 initial model). Node 0's first ``images x batch_size`` training samples, in batches of
 ``batch_size``, are then each turned into the update node 0 would send: the plain gradient
 (setting ``none``) and, when ``privacy.enabled``, the private update (setting ``privacy``:
-clipping, noise with the run's sigma, sparsification). The chosen attack reconstructs each batch
+clipping, noise with the run's sigma for a batch of ``batch_size``, sparsification). When the
+run's batch is larger than the audited one, this is the update of a node whose batch were the
+audited one: a run never sends it, but its guarantee (same sigma) is the run's. The chosen attack reconstructs each batch
 from the update and the round's parameters. Written to ``DIR``: ``audit.json`` (per setting mean
 PSNR, SSIM, label accuracy, seconds per image, and the run's epsilon), ``audit.md`` (the same as a
 table) and ``grid_round{r}.png`` (originals above each setting's reconstructions).
@@ -96,6 +98,8 @@ def run_audit(
     if len(shard) < images * batch_size:
         raise ConfigError(f"node 0 holds {len(shard)} samples, fewer than --images x --batch-size")
     priv = exp.privacy
+    if priv is not None:  # the update a node sends when its batch is the audited one, at the run's sigma
+        priv.mechanism.unit_batch = batch_size
     settings = ["none"] + (["privacy"] if priv is not None else [])
     epsilon = None
     if priv is not None and priv.accountant is not None:

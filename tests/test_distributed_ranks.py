@@ -62,8 +62,17 @@ def _summary(out: Path) -> dict:
             "attack.knowledge=colluders",
             "aggregation.name=median",
         ],
+        # node-side DP-SGD + random-k in each node's own process: the same noise as simulated
+        [
+            "attack.name=sign_flip",
+            "attack.byzantine_ids=[3]",
+            "privacy.enabled=true",
+            "privacy.sparsify.kind=randk",
+            "privacy.sparsify.ratio=0.3",
+            "privacy.sparsify.error_feedback=false",
+        ],
     ],
-    ids=["sign_flip", "alie_colluders"],
+    ids=["sign_flip", "alie_colluders", "dp_sgd_randk"],
 )
 def test_byzantine_rank_acts_in_its_process_and_matches_simulated(tmp_path: Path, attack: list[str]) -> None:
     overrides = [*BASE, "training.max_rounds=4", *attack]
@@ -74,6 +83,7 @@ def test_byzantine_rank_acts_in_its_process_and_matches_simulated(tmp_path: Path
     for a, b in zip(sim, dist, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
         assert b["update_norm"] == pytest.approx(a["update_norm"], rel=1e-4, abs=1e-6)
+    assert [r.get("privacy") for r in dist] == [r.get("privacy") for r in sim]
     summary = _summary(tmp_path / "dist")
     assert summary["processes"] == 4 and summary["backend"] == "torch.distributed/gloo"
     # the trained weights are written on every backend, and equal up to float error

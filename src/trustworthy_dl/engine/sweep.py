@@ -242,6 +242,7 @@ def _row(point: GridPoint, d: Path, cases: Cases) -> dict[str, Any]:
         status="ok",
         test_accuracy=s["final"].get("test_accuracy"),
         perplexity=s["final"].get("perplexity"),
+        epsilon=(s.get("privacy") or {}).get("epsilon"),
         tpr=det.get("tpr"),
         fpr=det.get("fpr"),
         precision=det.get("precision"),

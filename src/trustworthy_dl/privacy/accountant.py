@@ -87,7 +87,7 @@ class ShardAccountant:
             return math.inf
         key = (q, steps)
         if key not in self._cache:
-            self._cache = {key: self._cache[key] for key in list(self._cache)[-64:]}
+            self._cache = {k: self._cache[k] for k in list(self._cache)[-64:]}  # bounded
             with warnings.catch_warnings():  # "optimal order is the largest alpha": a valid, looser bound
                 warnings.filterwarnings("ignore", message="Optimal order")
                 self._cache[key] = float(self._accountant(q, steps).get_epsilon(delta=self.delta))

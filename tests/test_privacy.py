@@ -234,3 +234,21 @@ def test_resume_restores_the_accountant_and_error_feedback_exactly(
     s_cut = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert s_cut["privacy"] == full.summary["privacy"]
     assert s_cut["final"] == full.summary["final"]
+
+
+@pytest.mark.slow
+def test_a_byzantine_node_lying_in_wait_adds_noise_and_is_not_flagged_before_it_attacks(
+    tmp_path: Path,
+) -> None:
+    res = run_experiment(
+        _cfg(
+            tmp_path / "w",
+            attack={"name": "sign_flip", "num_byzantine": 1, "start_round": 6},
+            security={"attack_detection": True, "gradient_verification": True},
+            aggregation={"name": "median"},
+        )
+    )
+    det = res.summary["detection"]
+    assert det["attack_start"] == 6
+    assert det["fp"] == 0 and det["stage1_fp"] <= 2  # before round 6 its noisy rows look honest
+    assert det["detected"] == 1  # and it is caught once it attacks

@@ -18,12 +18,14 @@ __all__ = ["account_round", "private_compute"]
 def private_compute(
     exp: Experiment, nodes: Sequence[int], r: int, batches: Sequence[tuple[Tensor, Tensor]], out_RD: Tensor
 ) -> Tensor:
-    """Each local node's row: the private update of an honest node, the plain gradient of a
-    Byzantine one (an attacker adds no noise; its row is corrupted next). Returns the losses."""
+    """Each local node's row: the private update, except for a Byzantine node in a round it
+    attacks, which computes the plain gradient (an attacker adds no noise; its row is corrupted
+    next). Before its attack starts (and between intermittent attacks) a Byzantine node follows
+    the protocol, noise included: a node lying in wait looks honest. Returns the losses."""
     assert exp.privacy is not None and exp.computer is not None
     losses = torch.empty(len(batches))
     for i, (node, (x, y)) in enumerate(zip(nodes, batches)):
-        if exp.adversary.is_byzantine(node):
+        if exp.adversary.is_byzantine(node) and exp.adversary.active(r):
             losses[i] = exp.computer.compute([(x, y)], out_RD[i : i + 1])[0]
         else:
             losses[i] = exp.privacy.mechanism.update(node, r, x, y, out_RD[i])

@@ -23,6 +23,7 @@ Legend: B images in the batch, K classes, C x H x W an image.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -129,12 +130,15 @@ def _lbfgs(
         last[0] = float(diff.detach())
         return diff
 
+    best, best_x = float("inf"), x.detach().clone()
     for _ in range(iterations):
         opt.step(closure)
-        if not torch.isfinite(torch.tensor(last[0])):
-            break
+        if not (math.isfinite(last[0]) and bool(torch.isfinite(x).all())):
+            break  # diverged: keep the best point so far
+        if last[0] < best:
+            best, best_x = last[0], x.detach().clone()
     labels = (y_logits if y_logits is not None else onehot).detach().argmax(-1)  # type: ignore[union-attr]
-    return Reconstruction(x.detach(), labels, last[0])
+    return Reconstruction(best_x, labels, best)
 
 
 def _inverting_gradients(

@@ -12,6 +12,9 @@ audited one: a run never sends it, but its guarantee (same sigma) is the run's. 
 from the update and the round's parameters. Written to ``DIR``: ``audit.json`` (per setting mean
 PSNR, SSIM, label accuracy, seconds per image, and the run's epsilon), ``audit.md`` (the same as a
 table) and ``grid_round{r}.png`` (originals above each setting's reconstructions).
+
+For a pipeline or hybrid config the eavesdropper is the node holding stage 2, and what it
+attacks is stage 1's output activations (``audit_pipeline.py``).
 """
 
 from __future__ import annotations
@@ -39,8 +42,6 @@ MAX_BATCH = 8
 def _check(cfg: Config, attack: str, images: int, batch_size: int, rounds: list[int]) -> None:
     if attack not in ATTACKS:
         raise ConfigError(f"--attack {attack!r} is not an inversion attack; valid: {', '.join(ATTACKS)}")
-    if cfg.distributed.parallelism != "data":
-        raise ConfigError("privacy-audit runs on data-parallel configs (distributed.parallelism: data)")
     if images < 1:
         raise ConfigError(f"--images must be >= 1, got {images}")
     if not 1 <= batch_size <= MAX_BATCH:
@@ -51,10 +52,8 @@ def _check(cfg: Config, attack: str, images: int, batch_size: int, rounds: list[
         raise ConfigError(f"--rounds must be >= 0, got {rounds}")
 
 
-def _model_at(cfg: Config, r: int, sigma: float, out: Path) -> dict[str, torch.Tensor] | None:
-    """The parameters after r rounds of the config's run (None at round 0: the initial model)."""
-    if r == 0:
-        return None
+def trained_until(cfg: Config, r: int, sigma: float, out: Path):  # type: ignore[no-untyped-def]
+    """The run of ``cfg`` cut after r rounds (simulated, in ``out/train_round{r}``): a RunResult."""
     from trustworthy_dl.engine.run import run_experiment
 
     d = cfg.to_dict()
@@ -63,7 +62,14 @@ def _model_at(cfg: Config, r: int, sigma: float, out: Path) -> dict[str, torch.T
     d["privacy"]["target_epsilon"] = None  # the full run's sigma, not one re-planned for r rounds
     d["privacy"]["noise_multiplier"] = sigma
     d["output"].update(dir=str(out / f"train_round{r}"), overwrite=True, plots=False, progress=False)
-    res = run_experiment(config_from_dict(d))
+    return run_experiment(config_from_dict(d))
+
+
+def _model_at(cfg: Config, r: int, sigma: float, out: Path) -> dict[str, torch.Tensor] | None:
+    """The parameters after r rounds of the config's run (None at round 0: the initial model)."""
+    if r == 0:
+        return None
+    res = trained_until(cfg, r, sigma, out)
     return {"params_D": res.experiment.flat.params_D.detach().clone()}
 
 
@@ -86,6 +92,21 @@ def run_audit(
     _check(cfg, attack, images, batch_size, rounds)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.distributed.parallelism != "data":
+        from trustworthy_dl.privacy.inversion.audit_pipeline import run_pipeline_audit
+
+        report = run_pipeline_audit(
+            cfg,
+            out,
+            images=images,
+            rounds=rounds,
+            batch_size=batch_size,
+            iterations=iterations,
+            progress=progress,
+        )
+        (out / "audit.json").write_text(json.dumps(report, indent=2))
+        (out / "audit.md").write_text(_markdown(report))
+        return report
     exp = build_experiment(cfg)
     if exp.data.kind != "image":
         raise ConfigError(
@@ -186,7 +207,10 @@ def run_audit(
 def _markdown(rep: dict[str, Any]) -> str:
     priv = rep["privacy"]
     head = f"# Privacy audit: {rep['attack']} on {rep['model']} / {rep['dataset']}\n\n"
-    head += f"{rep['images']} updates of {rep['batch_size']} image(s) each, {rep['iterations']} iterations.\n"
+    what = "micro-batches" if rep["attack"] == "activation_inversion" else "updates"
+    head += f"{rep['images']} {what} of {rep['batch_size']} image(s) each, {rep['iterations']} iterations.\n"
+    if rep.get("note"):
+        head += rep["note"] + "\n"
     if priv is not None:
         head += (
             f"Privacy: {priv['mode']}, C = {priv['clip_norm']}, sigma = {priv['noise_multiplier']}, "
@@ -200,6 +224,7 @@ def _markdown(rep: dict[str, Any]) -> str:
     for r in rep["results"]:
         lines.append(
             f"| {r['round']} | {r['setting']} | {r['psnr_db']:.2f} ± {r['psnr_db_std']:.2f} | {r['ssim']:.3f} | "
-            f"{r['label_accuracy']:.2f} | {r['seconds_per_image']:.2f} |"
+            f"{'-' if r['label_accuracy'] is None else format(r['label_accuracy'], '.2f')} | "
+            f"{r['seconds_per_image']:.2f} |"
         )
     return "\n".join(lines) + "\n"

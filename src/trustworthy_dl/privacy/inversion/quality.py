@@ -8,17 +8,20 @@ from pathlib import Path
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-__all__ = ["image_quality", "label_accuracy", "save_grid"]
+__all__ = ["PSNR_CAP", "image_quality", "label_accuracy", "save_grid"]
+
+#: PSNR of an exact reconstruction is infinite; it is reported as this (float32 round-off is ~140 dB).
+PSNR_CAP = 100.0
 
 
 def image_quality(recon_BCHW: Tensor, truth_BCHW: Tensor) -> tuple[list[float], list[float]]:
-    """Per image PSNR (dB) and SSIM of ``recon`` against ``truth``, both in [0, 1] (SSIM with an 11x11
+    """Per image PSNR (dB, at most ``PSNR_CAP``) and SSIM of ``recon`` against ``truth``, both in [0, 1] (SSIM with an 11x11
     Gaussian window; a uniform window of the largest odd size that fits for images under 11 pixels)."""
     psnr, ssim = [], []
     side = min(truth_BCHW.shape[-2:])
     kernel = max(3, min(11, side if side % 2 else side - 1))  # 11 (the standard) unless the image is smaller
     for r, t in zip(recon_BCHW.clamp(0, 1), truth_BCHW.clamp(0, 1)):
-        psnr.append(float(peak_signal_noise_ratio(r[None], t[None], data_range=1.0)))
+        psnr.append(min(PSNR_CAP, float(peak_signal_noise_ratio(r[None], t[None], data_range=1.0))))
         value = structural_similarity_index_measure(
             r[None], t[None], data_range=1.0, gaussian_kernel=kernel == 11, kernel_size=kernel
         )

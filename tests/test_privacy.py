@@ -252,3 +252,19 @@ def test_a_byzantine_node_lying_in_wait_adds_noise_and_is_not_flagged_before_it_
     assert det["attack_start"] == 6
     assert det["fp"] == 0 and det["stage1_fp"] <= 2  # before round 6 its noisy rows look honest
     assert det["detected"] == 1  # and it is caught once it attacks
+
+
+def test_update_many_equals_one_node_at_a_time() -> None:
+    m = _mech(noise_multiplier=0.7, clip_norm=0.3)
+    m.clipper.chunk = 10  # type: ignore[union-attr]  # chunks straddle the nodes' batches
+    g = torch.Generator().manual_seed(7)
+    batches = [
+        (torch.randn(b, 1, 8, 8, generator=g), torch.randint(0, 10, (b,), generator=g)) for b in (12, 7, 12)
+    ]
+    many = torch.empty(3, m.flat.num_params)
+    losses = m.update_many([4, 0, 9], 2, batches, many)
+    for i, (node, (x, y)) in enumerate(zip([4, 0, 9], batches)):
+        one = torch.empty(m.flat.num_params)
+        loss = m.update(node, 2, x, y, one)
+        torch.testing.assert_close(many[i], one, rtol=1e-5, atol=1e-6)
+        assert float(losses[i]) == pytest.approx(loss, rel=1e-5)

@@ -24,11 +24,17 @@ def private_compute(
     the protocol, noise included: a node lying in wait looks honest. Returns the losses."""
     assert exp.privacy is not None and exp.computer is not None
     losses = torch.empty(len(batches))
-    for i, (node, (x, y)) in enumerate(zip(nodes, batches)):
-        if exp.adversary.is_byzantine(node) and exp.adversary.active(r):
-            losses[i] = exp.computer.compute([(x, y)], out_RD[i : i + 1])[0]
-        else:
-            losses[i] = exp.privacy.mechanism.update(node, r, x, y, out_RD[i])
+    attacking = [exp.adversary.is_byzantine(n) and exp.adversary.active(r) for n in nodes]
+    honest = [i for i, a in enumerate(attacking) if not a]
+    for i in (i for i, a in enumerate(attacking) if a):
+        losses[i] = exp.computer.compute([batches[i]], out_RD[i : i + 1])[0]
+    if honest:
+        rows = out_RD if len(honest) == len(nodes) else torch.empty_like(out_RD[: len(honest)])
+        losses[honest] = exp.privacy.mechanism.update_many(
+            [nodes[i] for i in honest], r, [batches[i] for i in honest], rows
+        )
+        if rows is not out_RD:
+            out_RD[honest] = rows
     return losses
 
 

@@ -18,6 +18,7 @@ the node's past gradients), so error feedback with gradient verification is refu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -90,8 +91,13 @@ class NodePrivacy:
 
     def _private(self, node: int, round: int, x: Tensor, y: Tensor, out_D: Tensor, *, memory: bool) -> float:
         loss = self._clean(x, y, out_D)
+        self._release(node, round, x.shape[0], out_D, memory=memory)
+        return loss
+
+    def _release(self, node: int, round: int, batch: int, out_D: Tensor, *, memory: bool) -> None:
+        """Noise, then sparsification, of the clipped update in ``out_D``."""
         dev = out_D.device
-        add_noise_(out_D, self.noise_std(x.shape[0]), node_generator(self.seed, node, round, "noise", dev))
+        add_noise_(out_D, self.noise_std(batch), node_generator(self.seed, node, round, "noise", dev))
         if self.sparsifier is not None:
             gen = (
                 node_generator(self.seed, node, round, "randk", dev)
@@ -107,11 +113,27 @@ class NodePrivacy:
                     self.sparsifier.apply_(node, out_D, gen)
                 finally:
                     self.sparsifier.memory = saved
-        return loss
 
     def update(self, node: int, round: int, x: Tensor, y: Tensor, out_D: Tensor) -> float:
         """Write the private update of ``node``'s batch into ``out_D``; returns the batch's mean loss."""
         return self._private(node, round, x, y, out_D, memory=True)
+
+    def update_many(
+        self, nodes: Sequence[int], round: int, batches: Sequence[tuple[Tensor, Tensor]], out_RD: Tensor
+    ) -> Tensor:
+        """``update`` for several nodes of one process, row i of ``out_RD`` for ``nodes[i]``; dp_sgd
+        runs all their samples through shared vmap chunks. Returns the mean losses (R,)."""
+        if self.clipper is None or len({b[0].shape[1:] for b in batches}) > 1:
+            return torch.tensor(
+                [self.update(n, round, x, y, out_RD[i]) for i, (n, (x, y)) in enumerate(zip(nodes, batches))]
+            )
+        losses, self.clipped_fraction = self.clipper.clipped_sums(
+            [b[0] for b in batches], [b[1] for b in batches], out_RD
+        )
+        for i, (node, (x, _)) in enumerate(zip(nodes, batches)):
+            out_RD[i].div_(max(x.shape[0], 1))
+            self._release(node, round, x.shape[0], out_RD[i], memory=True)
+        return losses
 
     def replay(self, node: int, round: int, x: Tensor, y: Tensor) -> Tensor:
         """What an honest ``node`` sent in ``round`` (for the verifier): a fresh tensor."""

@@ -2,7 +2,7 @@
 
 Public API::
 
-    from trustworthy_dl import DistributedTrainer, load_config, run_experiment
+    from trustworthy_dl import DistributedTrainer, TrustManager, load_config, run_experiment
     from trustworthy_dl.models import get_model
     from trustworthy_dl.aggregation import get_aggregator
     from trustworthy_dl.attacks import get_attack, AdversarialAttacker
@@ -27,6 +27,7 @@ _EXPORTS = {
     "TdlError": "trustworthy_dl.errors",
     "DistributedTrainer": "trustworthy_dl.trainer",
     "TrainResult": "trustworthy_dl.trainer",
+    "TrustManager": "trustworthy_dl.trust",
 }
 __all__ = [*sorted(_EXPORTS), "__version__"]
 

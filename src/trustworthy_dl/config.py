@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 
+_WEB_CORPORA = ("openwebtext", "wikitext-103", "c4")  # named by the seed; not bundled: read via ``text``
+
+
 class ModelConfig(_Section):
     name: str = Field("cnn", description="Model registry name (see `tdl list models`).")
     size: str | None = Field(None, description="Size preset, e.g. gpt2: tiny | small | medium | large.")
@@ -91,6 +94,12 @@ class DataConfig(_Section):
 
         if v == "":  # unset: chosen from the model's kind (Config)
             return v
+        if v.lower() in _WEB_CORPORA:
+            raise ValueError(
+                f"{v!r} is not available offline (nothing is downloaded at run time): put a local copy's text as "
+                f".txt files in a directory DIR and use data.name=text with data.root=DIR (trainer.train(dataset="
+                f"'text', data_root=DIR)); available: {', '.join(DATASETS.names())}"
+            )
         if v not in DATASETS:
             raise ValueError(f"unknown dataset {v!r}; valid: {', '.join(DATASETS.names())}")
         return DATASETS.canonical(v)

@@ -115,9 +115,13 @@ class DistributedTrainer:
         out_dir: str | Path | None = None,
         write: bool = True,
         overrides: list[str] | None = None,
+        trust_manager: TrustManager | None = None,
         **kwargs: Any,
     ) -> TrainResult:
-        """Run training; keyword shortcuts: dataset, epochs, batch_size, learning_rate, max_rounds, partition."""
+        """Run training; keyword shortcuts: dataset, epochs, batch_size, learning_rate, max_rounds, partition.
+
+        ``trust_manager``: a :class:`TrustManager` whose settings (initial trust, decay, recovery,
+        reinstate margin, weighting) the run uses; afterwards it holds the run's scores."""
         from trustworthy_dl.engine.run import run_experiment
 
         data = copy.deepcopy(self._base)
@@ -127,8 +131,23 @@ class DistributedTrainer:
             raise TypeError(f"unknown train() argument(s) {unknown}; valid: {sorted(_TRAIN_FIELDS)}")
         for key, value in kwargs.items():
             _set(data, _TRAIN_FIELDS[key], value)
+        if trust_manager is not None:  # its settings drive the run's trust; the threshold stays the trainer's
+            for key, value in (
+                ("trust.initial_trust", trust_manager.initial_trust),
+                ("trust.decay_rate", trust_manager.decay_rate),
+                ("trust.recovery_rate", trust_manager.recovery_rate),
+                ("trust.reinstate_margin", trust_manager.reinstate_margin),
+                ("trust.weighted_aggregation", trust_manager.weighted),
+            ):
+                _set(data, key, value)
         apply_overrides(data, list(overrides or []))
         cfg = config_from_dict(data)
         result = run_experiment(cfg, out_dir=out_dir, write=write)
-        self.trust_manager, self.attacker = result.experiment.trust, result.experiment.adversary
+        run_trust = result.experiment.trust
+        if trust_manager is not None:  # the caller's object ends holding the run's scores
+            trust_manager.threshold = run_trust.threshold
+            trust_manager.bind(run_trust.num_nodes)
+            trust_manager.load_state_dict(run_trust.state_dict())
+            run_trust = trust_manager
+        self.trust_manager, self.attacker = run_trust, result.experiment.adversary
         return TrainResult(history=result.history, summary=result.summary, out_dir=result.out_dir, config=cfg)

@@ -53,7 +53,7 @@ class TrustManager:
     """Trust scores of N nodes and who is quarantined.
 
     Args:
-        num_nodes: N.
+        num_nodes: N (None: settings only, bound to a run's nodes by ``DistributedTrainer.train``).
         initial_trust: every node's starting score (>= threshold: nodes start trusted).
         decay_rate: score lost per unit of evidence.
         recovery_rate: fraction of the distance to 1 regained per clean round.
@@ -64,7 +64,7 @@ class TrustManager:
 
     def __init__(
         self,
-        num_nodes: int,
+        num_nodes: int | None = None,
         *,
         initial_trust: float = 0.9,
         decay_rate: float = 0.1,
@@ -73,7 +73,7 @@ class TrustManager:
         reinstate_margin: float = 0.05,
         weighted: bool = False,
     ) -> None:
-        if num_nodes < 1:
+        if num_nodes is not None and num_nodes < 1:
             raise ConfigError(f"num_nodes must be >= 1, got {num_nodes}")
         for name, v in (
             ("initial_trust", initial_trust),
@@ -93,14 +93,20 @@ class TrustManager:
             raise ConfigError(
                 f"initial_trust={initial_trust} is below threshold={threshold}: every node would start quarantined"
             )
-        self.num_nodes = num_nodes
         self.initial_trust = initial_trust
         self.decay_rate = decay_rate
         self.recovery_rate = recovery_rate
         self.threshold = threshold
         self.reinstate_margin = reinstate_margin
         self.weighted = weighted  # aggregation weights each trusted row by its score
-        self._scores_N = torch.full((num_nodes,), float(initial_trust), dtype=torch.float64)
+        self.bind(num_nodes or 0)
+
+    def bind(self, num_nodes: int) -> None:
+        """(Re)start with ``num_nodes`` nodes at ``initial_trust``. A manager made without
+        ``num_nodes`` (the seed API's ``TrustManager(initial_trust=...)``) holds its settings only,
+        for ``DistributedTrainer.train(trust_manager=...)``, which binds it to the run's nodes."""
+        self.num_nodes = num_nodes
+        self._scores_N = torch.full((num_nodes,), float(self.initial_trust), dtype=torch.float64)
         self._quarantined_N = torch.zeros(num_nodes, dtype=torch.bool)
         self._quarantine_rounds_N = torch.zeros(num_nodes, dtype=torch.int64)
         self._absent_N = torch.zeros(num_nodes, dtype=torch.bool)

@@ -33,3 +33,14 @@ def test_seed_basic_usage_runs_as_written(tmp_path: Path) -> None:
     assert trust_manager.num_nodes == 8 and len(trust_manager.scores) == 8  # bound to the run's nodes
     assert small.trust_manager is trust_manager and trust_manager.threshold == 0.7
     assert result.summary["final"]["perplexity"] is not None
+
+
+def test_adversarial_attacker_from_a_name() -> None:
+    from trustworthy_dl.attacks import AdversarialAttacker
+
+    attacker = AdversarialAttacker("alie", num_nodes=8, seed=0)  # the seed's line
+    assert attacker.name == "alie"
+    two = AdversarialAttacker("sign_flip", num_nodes=8, num_byzantine=2)
+    assert len(two.byzantine_ids) == 2 and two.active(0)
+    with pytest.raises(ConfigError, match="unknown attack 'nope'"):
+        AdversarialAttacker("nope", num_nodes=8)

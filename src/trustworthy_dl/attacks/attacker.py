@@ -57,12 +57,25 @@ class AdversarialAttacker:
     """Decides who attacks and when, and applies the configured attack.
 
     Args:
-        cfg: the ``attack`` config section (``AttackConfig``).
+        cfg: the ``attack`` config section (``AttackConfig``), or an attack name (the seed's
+            ``AdversarialAttacker('alie', num_nodes=8, seed=0)``), with ``fields`` as its other
+            settings (``num_byzantine=2``, ``params={...}``).
         num_nodes: N.
         seed: the run seed; Byzantine ids (when not given) and every draw derive from it.
     """
 
-    def __init__(self, cfg: AttackConfig, *, num_nodes: int, seed: int) -> None:
+    def __init__(self, cfg: AttackConfig | str, *, num_nodes: int, seed: int = 0, **fields: Any) -> None:
+        if isinstance(cfg, str):
+            from pydantic import ValidationError
+
+            from trustworthy_dl.config import AttackConfig as _AttackConfig
+
+            try:
+                cfg = _AttackConfig(name=cfg, **fields)
+            except ValidationError as err:
+                raise ConfigError(f"AdversarialAttacker({cfg!r}): {err.errors()[0]['msg']}") from None
+        elif fields:
+            raise TypeError(f"settings {sorted(fields)} go in the AttackConfig when one is given")
         if num_nodes < 1:
             raise ConfigError(f"num_nodes must be >= 1, got {num_nodes}")
         self.cfg = cfg

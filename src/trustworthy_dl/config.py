@@ -38,9 +38,6 @@ __all__ = [
 ]
 
 
-_WEB_CORPORA = ("openwebtext", "wikitext-103", "c4")  # named by the seed; not bundled: read via ``text``
-
-
 class ModelConfig(_Section):
     name: str = Field("cnn", description="Model registry name (see `tdl list models`).")
     size: str | None = Field(None, description="Size preset, e.g. gpt2: tiny | small | medium | large.")
@@ -91,10 +88,11 @@ class DataConfig(_Section):
     @classmethod
     def _known(cls, v: str) -> str:
         from trustworthy_dl.data import DATASETS
+        from trustworthy_dl.data.registry import WEB_CORPORA
 
         if v == "":  # unset: chosen from the model's kind (Config)
             return v
-        if v.lower() in _WEB_CORPORA:
+        if v.lower() in WEB_CORPORA:
             raise ValueError(
                 f"{v!r} is not available offline (nothing is downloaded at run time): put a local copy's text as "
                 f".txt files in a directory DIR and use data.name=text with data.root=DIR (trainer.train(dataset="

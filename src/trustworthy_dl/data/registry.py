@@ -16,12 +16,16 @@ if TYPE_CHECKING:
 __all__ = [
     "DATASETS",
     "DATASET_INFO",
+    "WEB_CORPORA",
     "DatasetBundle",
     "DatasetInfo",
     "list_datasets",
     "load_dataset",
     "register_dataset",
 ]
+
+#: Web-scale corpora the seed's examples name: not bundled, their text is read through ``text``.
+WEB_CORPORA = ("openwebtext", "wikitext-103", "c4")
 
 
 @dataclass

@@ -34,7 +34,7 @@ from trustworthy_dl.attacks.coalition import coalition_view
 from trustworthy_dl.engine.checkpoint import CHECKPOINT, restore, save_checkpoint
 from trustworthy_dl.engine.fault_log import FaultLog
 from trustworthy_dl.engine.faults import LauncherStop, restart_attempt, stop_on_sigterm
-from trustworthy_dl.engine.private_round import account_round, private_compute
+from trustworthy_dl.engine.private_round import account_round, honest_update, node_rows
 from trustworthy_dl.engine.probe import RoundAggregation
 from trustworthy_dl.engine.round_record import CoordinatorRecord
 from trustworthy_dl.engine.run_summary import extra_plots, run_summary, traffic_summary
@@ -120,20 +120,14 @@ class RoundLoop:
                 batches.append((x, y))
         with timer("compute"):
             assert exp.computer is not None
-            if exp.privacy is None:
-                return exp.computer.compute(batches, self.local_RD)
-            return private_compute(exp, self.comm.local_nodes, r, batches, self.local_RD)
+            return node_rows(exp, self.comm.local_nodes, r, batches, self.local_RD)
 
     def _recompute(self, r: int, assignment: list[list[int]]):  # type: ignore[no-untyped-def]
         """A trusted verifier's re-computation of ``node``'s work: same shard batch, same parameters."""
 
         def recompute(node: int) -> Tensor:
             x, y = self.exp.batch(node, r, assignment[node])
-            assert self.exp.computer is not None
-            if self.exp.privacy is not None:  # an honest node's update is private: replay its noise
-                grad_D = self.exp.privacy.mechanism.replay(node, r, x, y)
-            else:
-                grad_D = self.exp.computer.gradient(x, y)[0]
+            grad_D = honest_update(self.exp, node, r, x, y)
             return grad_D if self.recompute_cols is None else grad_D[self.recompute_cols]
 
         return recompute
@@ -202,7 +196,6 @@ class RoundLoop:
         with timer("aggregate"):
             result, f_eff = self._aggregate(updates_ND[use_N], self.f_budget(active_N), weights)
         self.samples += exp.sampler.batch_size * sum(len(assignment[i]) for i in range(n) if present_N[i])
-        privacy_rec = account_round(exp, assignment) if exp.privacy is not None else None
         with timer("schedule"):
             moves = [m.to_dict() for m in exp.scheduler.reassign(active_N, round_idx=r)]
         self.reassignments += moves
@@ -232,7 +225,7 @@ class RoundLoop:
             quarantined=torch.nonzero(exp.trust.quarantined_N).flatten().tolist() if secured else None,
             aggregator=result.info if result is not None else None,
             faults=fault_rec or None,
-            privacy=privacy_rec,
+            privacy=account_round(exp, assignment),
         )
 
     def _aggregate(

@@ -12,7 +12,26 @@ from torch import Tensor
 if TYPE_CHECKING:
     from trustworthy_dl.engine.setup import Experiment
 
-__all__ = ["account_round", "private_compute"]
+__all__ = ["account_round", "honest_update", "node_rows", "private_compute"]
+
+
+def node_rows(
+    exp: Experiment, nodes: Sequence[int], r: int, batches: Sequence[tuple[Tensor, Tensor]], out_RD: Tensor
+) -> Tensor:
+    """Each local node's row of the round (private when privacy is on); returns the losses."""
+    assert exp.computer is not None
+    if exp.privacy is None:
+        return exp.computer.compute(batches, out_RD)
+    return private_compute(exp, nodes, r, batches, out_RD)
+
+
+def honest_update(exp: Experiment, node: int, r: int, x: Tensor, y: Tensor) -> Tensor:
+    """What an honest ``node`` sends for batch (x, y) in round r: the verifier's re-computation
+    (with privacy on, its noise replayed)."""
+    if exp.privacy is not None:
+        return exp.privacy.mechanism.replay(node, r, x, y)
+    assert exp.computer is not None
+    return exp.computer.gradient(x, y)[0]
 
 
 def private_compute(
@@ -38,14 +57,16 @@ def private_compute(
     return losses
 
 
-def account_round(exp: Experiment, assignment: list[list[int]]) -> dict[str, Any]:
-    """Step the accountant once per batch an honest node drew this round; the round's record.
+def account_round(exp: Experiment, assignment: list[list[int]]) -> dict[str, Any] | None:
+    """Step the accountant once per batch an honest node drew this round; the round's record
+    (None with privacy off).
 
     A node holding no shard (on probation) computed on its home shards' next batch: that is a use
     of those shards too. Every honest node's update is counted, present or not (a late row may
     still have been seen on the wire).
     """
-    assert exp.privacy is not None
+    if exp.privacy is None:
+        return None
     acc = exp.privacy.accountant
     if acc is None:
         return {"epsilon": None}

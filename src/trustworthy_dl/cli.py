@@ -3,6 +3,7 @@
     tdl run [CONFIG] [--set section.key=value ...] [--out DIR] [--quiet]
     tdl launch -n K [CONFIG] [...]      # the same run, one process per rank under torchrun
     tdl sweep CONFIG --grid key=v1,v2 [--grid ...] --out DIR [--jobs K]
+    tdl sweep SWEEP.yaml --out DIR [--jobs K]   # base/set/grid/cases/seeds in one file
     tdl validate CONFIG [--set ...]     # parse and validate only
     tdl report RUN_DIR                  # print a finished run's headline figures
     tdl privacy-audit CONFIG --out DIR [--attack dlg|idlg|ig] [--images 16] [--rounds 0,50]
@@ -79,9 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--cases", metavar="FILE", help="YAML mapping case name -> {key: value} overrides: one more axis"
     )
-    sweep.add_argument("--out", required=True, help="sweep directory (one sub-directory per grid point)")
+    sweep.add_argument(
+        "--out", help="sweep directory, one sub-directory per point (default: out: of the sweep file)"
+    )
     sweep.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each)")
     sweep.add_argument("--columns", help="comma-separated columns of the printed table")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
 
     val = sub.add_parser("validate", help="validate a config and print it resolved")
     config_args(val)
@@ -199,20 +203,32 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from trustworthy_dl.engine.sweep import markdown_table, read_cases, run_sweep
+    from trustworthy_dl.engine.sweep import read_cases, run_sweep, spec_from_flags
+    from trustworthy_dl.engine.sweep_file import is_sweep_file, read_sweep_file
+    from trustworthy_dl.report.sweep_tables import markdown_table
 
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     cases = read_cases(args.cases) if args.cases else None
-    rows = run_sweep(
-        args.config,
-        args.grid,
-        out=Path(args.out),
-        overrides=args.overrides,
-        jobs=args.jobs,
-        columns=columns,
-        cases=cases,
-    )
-    print(markdown_table(rows, columns), end="")
+    if is_sweep_file(args.config):  # tdl sweep SWEEP.yaml: the file holds the grid; flags add to it
+        spec = read_sweep_file(args.config)
+        flags = spec_from_flags(None, args.grid, overrides=args.overrides, cases=cases)
+        spec.overrides += flags.overrides
+        spec.grid += flags.grid
+        if cases:
+            if "case" in spec.named:
+                raise TdlError("--cases: the sweep file already has a cases axis")
+            spec.named["case"] = cases
+        spec.columns = columns or spec.columns
+    else:
+        spec = spec_from_flags(args.config, args.grid, overrides=args.overrides, cases=cases, columns=columns)
+    out = args.out or spec.out
+    if not out:
+        raise TdlError("tdl sweep needs --out DIR (or out: in the sweep file)")
+    rows = run_sweep(spec, out=Path(out), jobs=args.jobs, progress=not args.quiet)
+    print(markdown_table(rows, spec.columns), end="")
+    headline = Path(out) / "headline.md"
+    if headline.exists():
+        print("\nheadline (" + str(headline) + "):\n" + headline.read_text(), end="")
     return 0
 
 

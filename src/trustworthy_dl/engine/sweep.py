@@ -19,6 +19,11 @@ must change together (an attack and its strength):
 
 A case's point directory is named ``case=<name>-...`` and its row carries the case name and each
 of its overrides as columns. ``--grid case=a,b`` runs only those cases of the file.
+
+A sweep file (:mod:`trustworthy_dl.engine.sweep_file`) holds all of this, plus seeds and more named
+axes, in one YAML: ``tdl sweep SWEEP.yaml --out DIR``. Every sweep writes sweep.json, sweep.md and
+results.csv; one with an attack axis or seeds also writes the worst-case headline
+(:mod:`trustworthy_dl.report.sweep_tables`).
 """
 
 from __future__ import annotations
@@ -37,14 +42,26 @@ from typing import Any
 import yaml
 
 from trustworthy_dl.config import load_config, read_yaml
+from trustworthy_dl.engine.sweep_file import SweepSpec
 from trustworthy_dl.errors import ConfigError
+from trustworthy_dl.report.console import RunProgress
+from trustworthy_dl.report.sweep_tables import write_sweep_tables
 
-__all__ = ["GridPoint", "parse_grid", "read_cases", "run_sweep"]
+__all__ = [
+    "GridPoint",
+    "check_cases",
+    "parse_grid",
+    "read_cases",
+    "run_sweep",
+    "spec_from_flags",
+    "sweep_points",
+]
 
 GridPoint = tuple[tuple[str, str], ...]
 Cases = dict[str, dict[str, Any]]
 
 _CASE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.+=-]")
 
 
 def parse_grid(items: Sequence[str]) -> list[GridPoint]:
@@ -68,28 +85,29 @@ def read_cases(path: str | Path) -> Cases:
     data = read_yaml(p, what="cases file", holds=holds)
     if not data:
         raise ConfigError(f"cases file {str(p)!r} is empty: it must hold {holds}")
+    return check_cases(data, f"cases file {str(p)!r}")
+
+
+def check_cases(data: dict[Any, Any], where: str) -> Cases:
+    """Check a mapping of case name -> overrides (``where`` names it in errors)."""
     cases: Cases = {}
     for name, body in data.items():
         if not isinstance(name, str) or not _CASE_NAME.match(name):
-            raise ConfigError(
-                f"cases file {str(p)!r}: case name {name!r} must be letters, digits and _ . + - only"
-            )
+            raise ConfigError(f"{where}: case name {name!r} must be letters, digits and _ . + - only")
         if not isinstance(body, dict) or not body:
-            raise ConfigError(
-                f"cases file {str(p)!r}: case {name!r} must map dotted config keys to values, got {body!r}"
-            )
+            raise ConfigError(f"{where}: case {name!r} must map dotted config keys to values, got {body!r}")
         for key in body:
             if not isinstance(key, str) or not key.strip(".") or key == "case":
-                raise ConfigError(f"cases file {str(p)!r}: case {name!r} has a bad key {key!r}")
+                raise ConfigError(f"{where}: case {name!r} has a bad key {key!r}")
         cases[name] = dict(body)
     return cases
 
 
-def _overrides(point: GridPoint, cases: Cases) -> list[str]:
+def _overrides(point: GridPoint, named: dict[str, Cases]) -> list[str]:
     out: list[str] = []
     for k, v in point:
-        if k == "case":
-            out += [f"{key}={json.dumps(val)}" for key, val in cases[v].items()]
+        if k in named:
+            out += [f"{key}={json.dumps(val)}" for key, val in named[k][v].items()]
         else:
             out.append(f"{k}={v}")
     return out
@@ -130,40 +148,68 @@ def _check_same_config(d: Path, expected: dict[str, Any]) -> None:
 
 def _point_dir(out: Path, point: GridPoint) -> Path:
     name = "-".join(f"{k.split('.')[-1]}={v}" for k, v in point) or "base"
-    return out / name.replace("/", "_")
+    return out / _UNSAFE.sub("_", name)
 
 
-def run_sweep(
+def sweep_points(spec: SweepSpec) -> list[GridPoint]:
+    """Every point of the sweep: named axes (all their cases, in file order) in front, unless a grid
+    axis of the same name picks some of them; then the grid axes; the seeds last."""
+    named = spec.named
+    for axis in spec.grid:
+        key = axis[0][0]
+        if key in named:
+            unknown = sorted({v for _, v in axis} - set(named[key]))
+            if unknown:
+                raise ConfigError(
+                    f"--grid {key}=: no case named {unknown} in the {key} axis; it has {sorted(named[key])}"
+                )
+        elif key == "case":
+            raise ConfigError("--grid case=... needs --cases FILE naming those cases")
+    picked = {axis[0][0] for axis in spec.grid}
+    axes = [[(name, c) for c in cases] for name, cases in named.items() if name not in picked]
+    axes += [list(axis) for axis in spec.grid]
+    if spec.seeds:
+        axes.append([("seed", str(s)) for s in spec.seeds])
+    return [tuple(p) for p in itertools.product(*axes)] if axes else [()]
+
+
+def spec_from_flags(
     config: str | None,
     grid: Sequence[str],
     *,
-    out: Path,
     overrides: Sequence[str] = (),
-    jobs: int = 1,
-    columns: Sequence[str] | None = None,
     cases: Cases | None = None,
-) -> list[dict[str, Any]]:
-    """Run every grid point (skipping finished ones) and write sweep.json and sweep.md into ``out``.
+    columns: Sequence[str] | None = None,
+) -> SweepSpec:
+    """The sweep the ``--grid`` / ``--cases`` / ``--set`` flags describe."""
+    axes = [[point[0] for point in parse_grid([item])] for item in grid]
+    return SweepSpec(
+        base=config,
+        overrides=list(overrides),
+        grid=axes,
+        named={"case": cases} if cases else {},
+        columns=list(columns) if columns else None,
+    )
 
-    ``cases`` (from :func:`read_cases`) adds a ``case`` axis in front of the ``grid`` axes.
-    """
-    cases = cases or {}
-    points = parse_grid(grid)
-    picked = [v for p in points for k, v in p if k == "case"]
-    if picked and not cases:
-        raise ConfigError("--grid case=... needs --cases FILE naming those cases")
-    unknown = sorted(set(picked) - set(cases))
-    if unknown:
-        raise ConfigError(f"--grid case=: no case named {unknown} in the cases file; it has {sorted(cases)}")
-    if cases and not picked:  # every case in the file, in file order
-        points = [(("case", name), *p) for name in cases for p in points]
+
+def run_sweep(spec: SweepSpec, *, out: Path, jobs: int = 1, progress: bool = False) -> list[dict[str, Any]]:
+    """Run every point of ``spec`` (skipping finished ones); write sweep.json, sweep.md, results.csv
+    and, when the sweep has an attack axis or seeds, the headline (headline.md, headline.json)."""
+    config, overrides, named = spec.base, spec.overrides, spec.named
+    points = sweep_points(spec)
     resolved: dict[GridPoint, dict[str, Any]] = {}
     for point in points:  # validate every point before spending any time
         try:
-            resolved[point] = load_config(config, [*overrides, *_overrides(point, cases)]).to_dict()
+            resolved[point] = load_config(config, [*overrides, *_overrides(point, named)]).to_dict()
         except ConfigError as err:
             label = " ".join(f"{k}={v}" for k, v in point)
             raise ConfigError(f"sweep point {label}: {err}") from None
+    dirs = [_point_dir(out, p) for p in points]
+    if len(set(dirs)) != len(dirs):
+        raise ConfigError(
+            "two sweep points map to the same directory (axes ending in the same key name with equal "
+            "values); rename a case or drop a duplicate value"
+        )
     out.mkdir(parents=True, exist_ok=True)
     todo = [p for p in points if not (_point_dir(out, p) / "summary.json").exists()]
     for point in points:  # a finished point is reused only if it ran this very config
@@ -177,6 +223,7 @@ def run_sweep(
     running: list[tuple[GridPoint, subprocess.Popen[bytes], float]] = []
     failures: list[str] = []
     queue = list(todo)
+    bar = RunProgress(len(todo), enabled=progress and bool(todo), description="sweep", unit="runs")
     while queue or running:
         while queue and len(running) < max(1, jobs):
             point = queue.pop(0)
@@ -193,17 +240,12 @@ def run_sweep(
                 "--out",
                 str(d),
             ]
-            for o in [*overrides, *_overrides(point, cases)]:
+            for o in [*overrides, *_overrides(point, named)]:
                 cmd += ["--set", o]
             d.mkdir(parents=True, exist_ok=True)
-            log = (d / "run.log").open("wb")
-            running.append(
-                (
-                    point,
-                    subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
-                    time.perf_counter(),
-                )
-            )
+            with (d / "run.log").open("wb") as log:
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            running.append((point, proc, time.perf_counter()))
         time.sleep(0.2)
         for item in list(running):
             point, proc, t0 = item
@@ -219,20 +261,21 @@ def run_sweep(
                 )
             else:
                 print(f"  done {label} in {time.perf_counter() - t0:.1f} s", flush=True)
-    rows = [_row(point, _point_dir(out, point), cases) for point in points]
-    (out / "sweep.json").write_text(json.dumps(rows, indent=2))
-    (out / "sweep.md").write_text(markdown_table(rows, columns))
+            bar.advance(label)
+    bar.close()
+    rows = [_row(point, _point_dir(out, point), named) for point in points]
+    write_sweep_tables(rows, out, spec, [k for k, _ in points[0]])
     if failures:
         raise ConfigError(f"{len(failures)} sweep point(s) failed: {'; '.join(failures)}")
     return rows
 
 
-def _row(point: GridPoint, d: Path, cases: Cases) -> dict[str, Any]:
+def _row(point: GridPoint, d: Path, named: dict[str, Cases]) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for k, v in point:
         row[k] = v
-        if k == "case":
-            row.update(cases[v])
+        if k in named:
+            row.update(named[k][v])
     path = d / "summary.json"
     if not path.exists():
         return {**row, "status": "missing"}
@@ -255,21 +298,3 @@ def _row(point: GridPoint, d: Path, cases: Cases) -> dict[str, Any]:
         dir=str(d),
     )
     return row
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"
-    return str(v)
-
-
-def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """The sweep's rows as a markdown table (grid keys first, then the chosen figures)."""
-    if not rows:
-        return ""
-    cols = list(columns or [c for c in rows[0] if c not in ("status", "dir")])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"

@@ -9,19 +9,36 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 __all__ = ["RunProgress", "print_summary"]
+
+
+class _RateColumn(ProgressColumn):
+    """Items per second (rounds/s, runs/s) over the bar's recent history."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.speed
+        return Text("" if speed is None else f"{speed:.2f} {self.unit}/s", style="cyan")
 
 
 class RunProgress:
     """A rich progress bar over rounds showing the latest loss (silent when disabled)."""
 
-    def __init__(self, total_rounds: int, *, enabled: bool, description: str = "training") -> None:
+    def __init__(
+        self, total_rounds: int, *, enabled: bool, description: str = "training", unit: str = "rounds"
+    ) -> None:
         self.enabled = enabled
         self._progress: Progress | None = None
         if enabled:
@@ -29,6 +46,7 @@ class RunProgress:
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
+                _RateColumn(unit),
                 TextColumn("{task.fields[status]}"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),

@@ -5,7 +5,7 @@
     tdl sweep CONFIG --grid key=v1,v2 [--grid ...] --out DIR [--jobs K]
     tdl sweep SWEEP.yaml --out DIR [--jobs K]   # base/set/grid/cases/seeds in one file
     tdl validate CONFIG [--set ...]     # parse and validate only
-    tdl report RUN_DIR                  # print a finished run's headline figures
+    tdl report RUN_OR_SWEEP_DIR         # headline figures; writes report.html and report.md there
     tdl privacy-audit CONFIG --out DIR [--attack dlg|idlg|ig] [--images 16] [--rounds 0,50]
     tdl list models|datasets|aggregators|attacks
 
@@ -90,8 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="validate a config and print it resolved")
     config_args(val)
 
-    rep = sub.add_parser("report", help="print the headline figures of a finished run")
-    rep.add_argument("run_dir")
+    rep = sub.add_parser(
+        "report", help="print a run's or sweep's headline figures and write report.html + report.md"
+    )
+    rep.add_argument("run_dir", metavar="RUN_OR_SWEEP_DIR")
+    rep.add_argument("--no-html", action="store_true", help="print only; write no report files")
 
     audit = sub.add_parser(
         "privacy-audit",
@@ -245,15 +248,25 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from trustworthy_dl.report.console import print_summary
+    from trustworthy_dl.report.html_report import write_report
 
-    path = Path(args.run_dir) / "summary.json"
-    if not path.is_file():
-        raise TdlError(f"{str(path)!r} not found: is {args.run_dir!r} a finished run directory?")
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise TdlError(f"{str(path)!r} is not valid JSON: {err}") from None
-    print_summary(summary)
+    d = Path(args.run_dir)
+    path = d / "summary.json"
+    if path.is_file() and not (d / "sweep.json").is_file():
+        try:
+            summary = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise TdlError(f"{str(path)!r} is not valid JSON: {err}") from None
+        print_summary(summary)
+    elif (d / "headline.md").is_file():
+        print((d / "headline.md").read_text(), end="")
+    elif not (d / "sweep.json").is_file():
+        raise TdlError(
+            f"{str(path)!r} not found: is {args.run_dir!r} a finished run directory (or a sweep directory)?"
+        )
+    if not args.no_html:
+        html, md = write_report(d)
+        print(f"report: {html} (and {md.name}, figures in {html.parent / 'report'})")
     return 0
 
 

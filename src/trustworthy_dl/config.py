@@ -358,7 +358,7 @@ class FaultConfig(_Section):
 class OutputConfig(_Section):
     dir: str | None = Field(None, description="Run directory; None: runs/<model>-<dataset>-<timestamp>.")
     overwrite: bool = Field(False, description="Allow writing into a directory that already holds a run.")
-    tensorboard: bool = False
+    tensorboard: bool = Field(False, description="Also write scalars to <dir>/tensorboard/ (SummaryWriter).")
     plots: bool = True
     progress: bool = True
     checkpoint_every: int = Field(

@@ -77,7 +77,7 @@ class RoundLoop:
         self.comm = exp.comm
         self.coordinator = exp.comm.is_coordinator
         self.out_dir = out_dir if self.coordinator else None
-        self.log = MetricsLog(self.out_dir / "metrics.jsonl" if self.out_dir else None)
+        self.log = MetricsLog.in_dir(self.out_dir, tensorboard=exp.cfg.output.tensorboard)
         d = exp.flat.num_params
         p = exp.flat.params_D
         rows = len(exp.comm.local_nodes) if self._alloc_rows() else 0

@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["RunProgress", "print_summary"]
+__all__ = ["RunProgress", "print_summary", "summary_rows"]
 
 
 class _RateColumn(ProgressColumn):
@@ -66,7 +66,7 @@ class RunProgress:
             self._progress = None
 
 
-def _fmt(v: Any) -> str:
+def fmt_value(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -74,12 +74,8 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def print_summary(summary: dict[str, Any], *, console: Console | None = None) -> None:
-    """Print the headline figures of a run's summary.json as a table."""
-    console = console or Console()
-    table = Table(title=f"trustworthy-dl run: {summary.get('run', {}).get('name', '')}", show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The headline figures of a run's summary.json as (name, value) pairs."""
     final = summary.get("final", {})
     rows: list[tuple[str, Any]] = [
         ("backend", summary.get("backend")),
@@ -125,6 +121,16 @@ def print_summary(summary: dict[str, Any], *, console: Console | None = None) ->
         ("peak memory (MB)", summary.get("peak_memory_mb")),
         ("output", summary.get("run", {}).get("dir")),
     ]
+    return rows
+
+
+def print_summary(summary: dict[str, Any], *, console: Console | None = None) -> None:
+    """Print the headline figures of a run's summary.json as a table."""
+    console = console or Console()
+    table = Table(title=f"trustworthy-dl run: {summary.get('run', {}).get('name', '')}", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = summary_rows(summary)
     for k, v in rows:
-        table.add_row(k, _fmt(v))
+        table.add_row(k, fmt_value(v))
     console.print(table)

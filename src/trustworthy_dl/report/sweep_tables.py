@@ -144,6 +144,8 @@ def write_sweep_tables(rows: list[dict[str, Any]], out: Path, spec: SweepSpec, a
     (out / "sweep.md").write_text(markdown_table(rows, spec.columns))
     write_results_csv(rows, out / "results.csv")
     over = [k for k in spec.headline_over() if k in axes]
+    meta = {"axes": list(axes), "over": over, "metric": spec.metric, "base": spec.base}
+    (out / "sweep_axes.json").write_text(json.dumps(meta, indent=2))
     if over or spec.seeds:
         table = headline(rows, axes=axes, over=over, metric=spec.metric)
         (out / "headline.json").write_text(

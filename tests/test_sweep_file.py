@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import json
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def test_sweep_file_parses_and_orders_axes(tmp_path: Path) -> None:
     )
     assert is_sweep_file(sweep) and not is_sweep_file(base)
     spec = read_sweep_file(sweep)
-    assert spec.base == str(base) and spec.overrides == ["training.max_rounds=2"]
+    assert spec.base == os.path.normpath(base) and spec.overrides == ["training.max_rounds=2"]
     points = sweep_points(spec)
     assert len(points) == 2 * 1 * 2 * 2
     assert points[0] == (("case", "flip"), ("defence", "plain"), ("aggregation.name", "mean"), ("seed", "0"))

@@ -32,6 +32,7 @@ from torch import Tensor
 from trustworthy_dl.aggregation import AggResult
 from trustworthy_dl.attacks.coalition import coalition_view
 from trustworthy_dl.engine.checkpoint import CHECKPOINT, restore, save_checkpoint
+from trustworthy_dl.engine.evaluation import eval_record
 from trustworthy_dl.engine.fault_log import FaultLog
 from trustworthy_dl.engine.faults import LauncherStop, restart_attempt, stop_on_sigterm
 from trustworthy_dl.engine.private_round import account_round, honest_update, node_rows
@@ -41,7 +42,6 @@ from trustworthy_dl.engine.run_summary import extra_plots, run_summary, traffic_
 from trustworthy_dl.engine.setup import Experiment
 from trustworthy_dl.engine.sharded_round import sharded_round
 from trustworthy_dl.engine.star_exchange import RankFailure
-from trustworthy_dl.engine.task import evaluate
 from trustworthy_dl.engine.timer import PhaseTimer as _Timer
 from trustworthy_dl.report.console import RunProgress
 from trustworthy_dl.report.metrics import MetricsLog
@@ -391,10 +391,7 @@ class RoundLoop:
         exp = self.exp
         if self.coordinator and exp.is_eval_round(r):
             with timer("eval"):
-                ev = evaluate(exp.flat.model, exp.task, exp.data.x_test, exp.data.y_test)
-            rec.update(test_loss=ev.loss, test_accuracy=ev.accuracy)
-            if ev.perplexity is not None:
-                rec["test_perplexity"] = ev.perplexity
+                rec.update(eval_record(exp))
         rec["time"] = {k: round(v, 6) for k, v in timer.split.items()}
         for k, v in timer.split.items():
             self.totals.split[k] += v

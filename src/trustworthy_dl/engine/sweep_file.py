@@ -23,6 +23,7 @@ called ``case`` or ``attack``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,7 @@ def read_sweep_file(path: str | Path) -> SweepSpec:
         b = b if b.is_absolute() else p.parent / b
         if not b.is_file():
             raise ConfigError(f"sweep file {str(p)!r}: base config {str(b)!r} not found")
-        spec.base = str(b)
+        spec.base = os.path.normpath(b)
     sets = data.get("set") or {}
     if not isinstance(sets, dict):
         raise ConfigError(f"sweep file {str(p)!r}: set must map dotted keys to values, got {sets!r}")
@@ -161,5 +162,5 @@ def read_sweep_file(path: str | Path) -> SweepSpec:
         spec.columns = cols
     if data.get("out") is not None:
         out = Path(str(data["out"]))
-        spec.out = str(out if out.is_absolute() else p.parent / out)
+        spec.out = os.path.normpath(out if out.is_absolute() else p.parent / out)
     return spec

@@ -87,6 +87,8 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
     if final.get("perplexity") is not None:
         rows.append(("perplexity", final.get("perplexity")))
+    if final.get("backdoor_success") is not None:
+        rows.append(("backdoor success rate", final.get("backdoor_success")))
     det = summary.get("detection")
     if det:
         rows += [

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["headline", "headline_markdown", "markdown_table", "write_results_csv", "write_sweep_tables"]
 
-LOWER_IS_BETTER = {"perplexity", "test_loss", "loss", "fpr", "epsilon", "latency_median", "latency_max"}
+LOWER_IS_BETTER = {"perplexity", "backdoor_success", "test_loss", "loss", "fpr", "epsilon", "latency_median", "latency_max"}
 
 
 def _fmt(v: Any) -> str:
@@ -62,6 +62,10 @@ def _stats(values: list[float]) -> dict[str, Any]:
     }
 
 
+def _hashable(v: Any) -> Any:
+    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
+
+
 def headline(
     rows: list[dict[str, Any]], *, axes: Sequence[str], over: Sequence[str], metric: str
 ) -> list[dict[str, Any]]:
@@ -71,7 +75,7 @@ def headline(
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     order: list[str] = []
     for r in rows:
-        key = tuple(r.get(k) for k in defence_keys)
+        key = tuple(_hashable(r.get(k)) for k in defence_keys)
         g = groups.setdefault(key, {"defence": dict(zip(defence_keys, key)), "cells": {}, "clean": []})
         value = r.get(metric) if r.get("status") == "ok" else None
         if r.get("attack.name") == "none":

@@ -1,7 +1,7 @@
 """TensorBoard scalars of a run (``output.tensorboard: true``): ``OUT/tensorboard/``.
 
 One scalar per figure and round, step = round: train/loss, test/accuracy, test/loss,
-test/perplexity, trust/node_<i>, detection/{flagged,confirmed,quarantined,active},
+test/perplexity, test/backdoor_success, trust/node_<i>, detection/{flagged,confirmed,quarantined,active},
 time/<phase> (seconds), privacy/epsilon, optim/{lr,update_norm,param_norm}. Written with
 ``torch.utils.tensorboard.SummaryWriter``; view with ``tensorboard --logdir OUT``.
 """
@@ -18,6 +18,7 @@ _PLAIN = {
     "test_accuracy": "test/accuracy",
     "test_loss": "test/loss",
     "test_perplexity": "test/perplexity",
+    "test_backdoor_success": "test/backdoor_success",
     "lr": "optim/lr",
     "update_norm": "optim/update_norm",
     "param_norm": "optim/param_norm",

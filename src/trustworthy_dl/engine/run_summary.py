@@ -76,7 +76,9 @@ def run_summary(loop: RoundLoop, wall: float) -> dict[str, Any]:
             "test_accuracy": last.get("test_accuracy"),
             "test_loss": last.get("test_loss"),
             "perplexity": last.get("test_perplexity"),
-            **({"backdoor_success": last["test_backdoor_success"]} if "test_backdoor_success" in last else {}),
+            **(
+                {"backdoor_success": last["test_backdoor_success"]} if "test_backdoor_success" in last else {}
+            ),
             "train_loss": loop.log.records[-1]["loss"] if loop.log.records else None,
         },
         "best_test_accuracy": max((r["test_accuracy"] for r in evals), default=None),

@@ -37,7 +37,13 @@ def _load(sweep_dir: Path) -> list[dict[str, Any]]:
             continue
         d = Path(str(row["dir"]))
         d = d if (d / "summary.json").exists() else sweep_dir / d.name
-        runs.append({"row": row, "summary": json.loads((d / "summary.json").read_text()), "records": read_metrics(d / "metrics.jsonl")})
+        runs.append(
+            {
+                "row": row,
+                "summary": json.loads((d / "summary.json").read_text()),
+                "records": read_metrics(d / "metrics.jsonl"),
+            }
+        )
     return runs
 
 
@@ -45,7 +51,9 @@ def _evals(records: list[dict[str, Any]], key: str) -> dict[int, float]:
     return {r["round"]: float(r[key]) for r in records if key in r}
 
 
-def _recovery(run: dict[str, Any], clean: dict[str, Any] | None, key: str, tolerance: float, lower: bool) -> int | None:
+def _recovery(
+    run: dict[str, Any], clean: dict[str, Any] | None, key: str, tolerance: float, lower: bool
+) -> int | None:
     """Rounds from the last quarantine to the first evaluation within ``tolerance`` of the clean run."""
     rounds = [r["round"] for r in run["records"] if r.get("quarantined_now")]
     if not rounds or clean is None:
@@ -69,11 +77,17 @@ def experiment_tables(
 
     def ident(run: dict[str, Any]) -> dict[str, Any]:
         row = run["row"]
-        return {"defence": row.get("defence"), "attack": row.get("attack.name"), **{k: row.get(k) for k in intensity}}
+        return {
+            "defence": row.get("defence"),
+            "attack": row.get("attack.name"),
+            **{k: row.get(k) for k in intensity},
+        }
 
     clean = {r["row"].get("defence"): r for r in runs if r["row"].get("attack.name") == "none"}
     attacked = [r for r in runs if r["row"].get("attack.name") != "none"]
-    out: dict[str, list[dict[str, Any]]] = {k: [] for k in ("trust", "detection", "performance", "recovery", "reassignment", "system")}
+    out: dict[str, list[dict[str, Any]]] = {
+        k: [] for k in ("trust", "detection", "performance", "recovery", "reassignment", "system")
+    }
     for run in attacked:
         s, ident_row = run["summary"], ident(run)
         byz = set(s.get("byzantine_ids") or [])
@@ -83,37 +97,78 @@ def experiment_tables(
             hon = [i for i in range(len(t)) if i not in byz]
             det = s.get("detection") or {}
             out["trust"].append(
-                {**ident_row, "byzantine_trust": float(t[sorted(byz)].mean()) if byz else None, "honest_trust": float(t[hon].mean()),
-                 "rounds_to_quarantine_all": det.get("latency_rounds_max") if det.get("undetected") == 0 else None}
+                {
+                    **ident_row,
+                    "byzantine_trust": float(t[sorted(byz)].mean()) if byz else None,
+                    "honest_trust": float(t[hon].mean()),
+                    "rounds_to_quarantine_all": det.get("latency_rounds_max")
+                    if det.get("undetected") == 0
+                    else None,
+                }
             )
         det = s.get("detection") or {}
         if det.get("tpr") is not None:
             out["detection"].append(
-                {**ident_row, "fp_rate": det.get("fpr"), "fn_rate": 1.0 - det["tpr"], "latency_median": det.get("latency_rounds_median"),
-                 "latency_max": det.get("latency_rounds_max"), "false_quarantines": det.get("false_quarantines")}
+                {
+                    **ident_row,
+                    "fp_rate": det.get("fpr"),
+                    "fn_rate": 1.0 - det["tpr"],
+                    "latency_median": det.get("latency_rounds_median"),
+                    "latency_max": det.get("latency_rounds_max"),
+                    "false_quarantines": det.get("false_quarantines"),
+                }
             )
         ref = clean.get(run["row"].get("defence"))
         value, base = s["final"].get(metric), (ref["summary"]["final"].get(metric) if ref else None)
-        extra = {"backdoor_success": s["final"].get("backdoor_success")} if "backdoor_success" in s["final"] else {}
+        extra = (
+            {"backdoor_success": s["final"].get("backdoor_success")}
+            if "backdoor_success" in s["final"]
+            else {}
+        )
         out["performance"].append(
-            {**ident_row, metric: value, "no_attack": base, "degradation": (value - base if lm else base - value) if value is not None and base is not None else None,
-             "test_loss": s["final"].get("test_loss"), "train_loss": s["final"].get("train_loss"), **extra}
+            {
+                **ident_row,
+                metric: value,
+                "no_attack": base,
+                "degradation": (value - base if lm else base - value)
+                if value is not None and base is not None
+                else None,
+                "test_loss": s["final"].get("test_loss"),
+                "train_loss": s["final"].get("train_loss"),
+                **extra,
+            }
         )
         rec = s.get("reassignment") or {}
         if rec.get("events"):
-            out["recovery"].append({**ident_row, "recovery_rounds": _recovery(run, ref, key, tolerance if not lm else tolerance * 100, lm)})
+            out["recovery"].append(
+                {
+                    **ident_row,
+                    "recovery_rounds": _recovery(run, ref, key, tolerance if not lm else tolerance * 100, lm),
+                }
+            )
             wall = s.get("wall_s") or 0.0
             out["reassignment"].append(
-                {**ident_row, "events": rec["events"], "seconds_total": rec.get("seconds_total"),
-                 "share_of_wall": rec.get("seconds_total", 0.0) / wall if wall else None}
+                {
+                    **ident_row,
+                    "events": rec["events"],
+                    "seconds_total": rec.get("seconds_total"),
+                    "share_of_wall": rec.get("seconds_total", 0.0) / wall if wall else None,
+                }
             )
     for name, run in clean.items():
         s = run["summary"]
         split = s.get("time_split_s") or {}
         train = sum(v for k, v in split.items() if k != "eval")
         out["system"].append(
-            {"defence": name, "samples_per_s": (s.get("throughput") or {}).get("samples_per_s"), "rounds_per_s": (s.get("throughput") or {}).get("rounds_per_s"),
-             "peak_memory_mb": s.get("peak_memory_mb"), "security_share": (split.get("security", 0.0) + split.get("trust", 0.0)) / train if train else None}
+            {
+                "defence": name,
+                "samples_per_s": (s.get("throughput") or {}).get("samples_per_s"),
+                "rounds_per_s": (s.get("throughput") or {}).get("rounds_per_s"),
+                "peak_memory_mb": s.get("peak_memory_mb"),
+                "security_share": (split.get("security", 0.0) + split.get("trust", 0.0)) / train
+                if train
+                else None,
+            }
         )
     return out
 
@@ -133,9 +188,14 @@ def write_experiment_tables(sweep_dir: str | Path, *, intensity: Sequence[str] =
     d = Path(sweep_dir)
     tables = experiment_tables(d, intensity=intensity)
     (d / "experiment.json").write_text(json.dumps(tables, indent=2))
-    parts = ["# Experiment results (measured; simulated nodes, simulated attacks)\n", note + "\n" if note else ""]
+    parts = [
+        "# Experiment results (measured; simulated nodes, simulated attacks)\n",
+        note + "\n" if note else "",
+    ]
     for name, rows in tables.items():
-        parts.append(f"\n## {_TITLES[name]}\n\n" + (markdown_table(rows) if rows else "(none in this sweep)\n"))
+        parts.append(
+            f"\n## {_TITLES[name]}\n\n" + (markdown_table(rows) if rows else "(none in this sweep)\n")
+        )
     md = d / "experiment.md"
     md.write_text("".join(parts))
     return md

@@ -21,7 +21,16 @@ if TYPE_CHECKING:
 
 __all__ = ["headline", "headline_markdown", "markdown_table", "write_results_csv", "write_sweep_tables"]
 
-LOWER_IS_BETTER = {"perplexity", "backdoor_success", "test_loss", "loss", "fpr", "epsilon", "latency_median", "latency_max"}
+LOWER_IS_BETTER = {
+    "perplexity",
+    "backdoor_success",
+    "test_loss",
+    "loss",
+    "fpr",
+    "epsilon",
+    "latency_median",
+    "latency_max",
+}
 
 
 def _fmt(v: Any) -> str:

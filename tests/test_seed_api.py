@@ -44,3 +44,66 @@ def test_adversarial_attacker_from_a_name() -> None:
     assert len(two.byzantine_ids) == 2 and two.active(0)
     with pytest.raises(ConfigError, match="unknown attack 'nope'"):
         AdversarialAttacker("nope", num_nodes=8)
+
+
+def _toy(n: int = 400, seed: int = 0) -> tuple[object, object]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 10, generator=g)
+    y = (x @ torch.randn(10, 3, generator=g)).argmax(1)
+    return x, y
+
+
+def test_users_own_module_dataset_and_standalone_attacker() -> None:
+    import torch
+    from torch import nn
+    from torch.utils.data import Dataset, TensorDataset
+
+    from trustworthy_dl import DistributedTrainer
+    from trustworthy_dl.attacks import AdversarialAttacker
+    from trustworthy_dl.data import list_datasets
+    from trustworthy_dl.models import list_models
+
+    x, y = _toy()
+    net = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3))
+    before = [p.detach().clone() for p in net.parameters()]
+    attacker = AdversarialAttacker("sign_flip", num_byzantine=1, params={"scale": 4})
+    assert attacker.byzantine_ids == [] and attacker.num_nodes == 0  # not bound before the run
+    trainer = DistributedTrainer(num_nodes=4, attack_detection=True, gradient_verification=True)
+    quiet = ["output.progress=false"]
+    res = trainer.train(
+        model=net, dataset=TensorDataset(x, y), epochs=30, attacker=attacker, write=False, overrides=quiet
+    )
+    assert res.summary["model"] == "user-sequential" and res.summary["dataset"] == "user-tensordataset"
+    assert res.summary["attack"] == "sign_flip" and res.config.attack.params["scale"] == 4
+    assert "seeded 10%" in res.summary["data_note"]
+    assert attacker.num_nodes == 4 and attacker.byzantine_ids == res.summary["byzantine_ids"]
+    assert trainer.attacker is attacker
+    assert res.summary["detection"]["tpr"] > 0.5 and res.summary["final"]["test_accuracy"] > 0.5
+    assert all(
+        torch.equal(a, b) for a, b in zip(before, net.parameters())
+    )  # the user's module is not trained in place
+    assert "user-sequential" not in list_models() and "user-tensordataset" not in list_datasets()
+
+    class Pairs(Dataset):  # any map-style Dataset of (x, y) pairs, with its own test split
+        def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+            self.x, self.y = x, y
+
+        def __len__(self) -> int:
+            return len(self.x)
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+            return self.x[i], int(self.y[i])
+
+    xt, yt = _toy(100, seed=1)
+    res = DistributedTrainer(num_nodes=4).train(
+        model=net, dataset=Pairs(x, y), test_dataset=(xt, yt), max_rounds=5, write=False, overrides=quiet
+    )
+    assert res.summary["dataset"] == "user-pairs" and "data_note" not in res.summary
+    with pytest.raises(ConfigError, match="must be a torch Dataset of"):
+        DistributedTrainer(num_nodes=4).train(model=net, dataset=[1, 2, 3], write=False)
+    with pytest.raises(ConfigError, match="x has 400 samples and y 3"):
+        DistributedTrainer(num_nodes=4).train(model=net, dataset=(x, y[:3]), write=False)
+    with pytest.raises(ConfigError, match="classification"):
+        DistributedTrainer(num_nodes=4).train(model=net, dataset=(x, y.float()), write=False)

@@ -33,6 +33,11 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` and its aliases (for entries registered for one run, e.g. a user's model)."""
+        self._items.pop(name, None)
+        self._aliases = {a: n for a, n in self._aliases.items() if n != name}
+
     def canonical(self, name: str) -> str:
         """The registered name for ``name`` or one of its aliases."""
         key = name.lower() if isinstance(name, str) else name

@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustworthy_dl.config import Config, apply_overrides, config_from_dict, read_yaml
+from trustworthy_dl.errors import ConfigError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from trustworthy_dl.attacks import AdversarialAttacker
     from trustworthy_dl.trust import TrustManager
 
@@ -109,23 +112,57 @@ class DistributedTrainer:
 
     def train(
         self,
-        dataset: str | None = None,
+        dataset: Any = None,
         epochs: int | None = None,
         *,
         out_dir: str | Path | None = None,
         write: bool = True,
         overrides: list[str] | None = None,
         trust_manager: TrustManager | None = None,
+        attacker: AdversarialAttacker | None = None,
+        model: nn.Module | None = None,
+        test_dataset: Any = None,
         **kwargs: Any,
     ) -> TrainResult:
         """Run training; keyword shortcuts: dataset, epochs, batch_size, learning_rate, max_rounds, partition.
 
+        ``dataset``: a registered name, or the user's own data (a torch ``Dataset`` of (x, y) pairs
+        or an (x, y) tuple; ``test_dataset`` likewise); ``model``: the user's own ``nn.Module``
+        (see :mod:`trustworthy_dl.user_components`; simulated backend).
         ``trust_manager``: a :class:`TrustManager` whose settings (initial trust, decay, recovery,
-        reinstate margin, weighting) the run uses; afterwards it holds the run's scores."""
-        from trustworthy_dl.engine.run import run_experiment
+        reinstate margin, weighting) the run uses; afterwards it holds the run's scores.
+        ``attacker``: an :class:`AdversarialAttacker` (``AdversarialAttacker("alie", num_byzantine=2)``)
+        whose attack settings the run uses; afterwards it is bound to the run's nodes."""
+        from trustworthy_dl.user_components import user_components
 
         data = copy.deepcopy(self._base)
-        kwargs.update({k: v for k, v in (("dataset", dataset), ("epochs", epochs)) if v is not None})
+        if attacker is not None:  # the attacker's settings replace the trainer's attack section
+            data["attack"] = attacker.cfg.model_dump()
+        seed = int(data.get("seed", 0))
+        with user_components(model, dataset, test_dataset, seed=seed) as names:
+            if names and data.get("distributed", {}).get("backend", "simulated") != "simulated":
+                raise ConfigError("a user model or dataset object runs in the simulated backend only")
+            for key, value in names.items():
+                _set(data, key, value)
+            if isinstance(dataset, str):
+                kwargs["dataset"] = dataset
+            return self._train(data, epochs, out_dir, write, overrides, trust_manager, attacker, kwargs)
+
+    def _train(
+        self,
+        data: dict[str, Any],
+        epochs: int | None,
+        out_dir: str | Path | None,
+        write: bool,
+        overrides: list[str] | None,
+        trust_manager: TrustManager | None,
+        attacker: AdversarialAttacker | None,
+        kwargs: dict[str, Any],
+    ) -> TrainResult:
+        from trustworthy_dl.engine.run import run_experiment
+
+        if epochs is not None:
+            kwargs["epochs"] = epochs
         unknown = sorted(set(kwargs) - set(_TRAIN_FIELDS))
         if unknown:
             raise TypeError(f"unknown train() argument(s) {unknown}; valid: {sorted(_TRAIN_FIELDS)}")
@@ -149,5 +186,9 @@ class DistributedTrainer:
             trust_manager.bind(run_trust.num_nodes)
             trust_manager.load_state_dict(run_trust.state_dict())
             run_trust = trust_manager
-        self.trust_manager, self.attacker = run_trust, result.experiment.adversary
+        adversary = result.experiment.adversary
+        if attacker is not None:  # the caller's object ends bound to the run's nodes and ids
+            attacker.bind(adversary.num_nodes, seed=adversary.seed)
+            adversary = attacker
+        self.trust_manager, self.attacker = run_trust, adversary
         return TrainResult(history=result.history, summary=result.summary, out_dir=result.out_dir, config=cfg)

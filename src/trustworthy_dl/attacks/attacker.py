@@ -60,11 +60,14 @@ class AdversarialAttacker:
         cfg: the ``attack`` config section (``AttackConfig``), or an attack name (the seed's
             ``AdversarialAttacker('alie', num_nodes=8, seed=0)``), with ``fields`` as its other
             settings (``num_byzantine=2``, ``params={...}``).
-        num_nodes: N.
+        num_nodes: N; None for an attacker built before the run (``AdversarialAttacker("alie",
+            num_byzantine=2)`` passed to ``DistributedTrainer.train``), which the run binds.
         seed: the run seed; Byzantine ids (when not given) and every draw derive from it.
     """
 
-    def __init__(self, cfg: AttackConfig | str, *, num_nodes: int, seed: int = 0, **fields: Any) -> None:
+    def __init__(
+        self, cfg: AttackConfig | str, *, num_nodes: int | None = None, seed: int = 0, **fields: Any
+    ) -> None:
         if isinstance(cfg, str):
             from pydantic import ValidationError
 
@@ -76,10 +79,10 @@ class AdversarialAttacker:
                 raise ConfigError(f"AdversarialAttacker({cfg!r}): {err.errors()[0]['msg']}") from None
         elif fields:
             raise TypeError(f"settings {sorted(fields)} go in the AttackConfig when one is given")
-        if num_nodes < 1:
+        if num_nodes is not None and num_nodes < 1:
             raise ConfigError(f"num_nodes must be >= 1, got {num_nodes}")
         self.cfg = cfg
-        self.num_nodes = num_nodes
+        self.num_nodes: int = num_nodes or 0  # 0: not bound to a run's nodes yet
         self.seed = seed
         self.name: str = cfg.name.lower()
         self.attack: UpdateAttack | DataAttack | StageAttack | None = None
@@ -92,8 +95,20 @@ class AdversarialAttacker:
                 else UPDATE_ATTACKS
             )
             self.attack = build_attack(registry, self.name, dict(cfg.params))
-        self.byzantine_ids: list[int] = self._choose_ids() if self.attack is not None else []
+        self.byzantine_ids: list[int] = []
+        self._byz: frozenset[int] = frozenset()
+        if num_nodes is not None:
+            self.bind(num_nodes, seed=seed)
+
+    def bind(self, num_nodes: int, *, seed: int | None = None) -> AdversarialAttacker:
+        """Fix the number of nodes (and seed): the Byzantine ids are chosen now, as a run would."""
+        if num_nodes < 1:
+            raise ConfigError(f"num_nodes must be >= 1, got {num_nodes}")
+        self.num_nodes = num_nodes
+        self.seed = self.seed if seed is None else seed
+        self.byzantine_ids = self._choose_ids() if self.attack is not None else []
         self._byz = frozenset(self.byzantine_ids)
+        return self
 
     def _choose_ids(self) -> list[int]:
         n = self.num_nodes

@@ -72,6 +72,7 @@ def run_summary(loop: RoundLoop, wall: float) -> dict[str, Any]:
         "processes": exp.comm.world_size,
         "device": str(exp.device),
         "num_params": exp.flat.num_params,
+        **({"data_note": exp.data.meta["note"]} if exp.data.meta.get("note") else {}),
         "final": {
             "test_accuracy": last.get("test_accuracy"),
             "test_loss": last.get("test_loss"),

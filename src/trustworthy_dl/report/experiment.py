@@ -27,7 +27,7 @@ import numpy as np
 from trustworthy_dl.report.metrics import read_metrics
 from trustworthy_dl.report.sweep_tables import markdown_table
 
-__all__ = ["experiment_tables", "write_experiment_tables"]
+__all__ = ["experiment_tables", "run_experiment", "write_experiment_tables"]
 
 
 def _load(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -173,7 +173,7 @@ def experiment_tables(
     return out
 
 
-_TITLES = {
+TITLES = {
     "trust": "Trust score dynamics (final trust; rounds until every Byzantine node is quarantined)",
     "detection": "Attack detection: false-positive / false-negative rates over node-rounds, latency in rounds",
     "performance": "Model performance under attack (degradation against the same defence with no attack)",
@@ -194,8 +194,30 @@ def write_experiment_tables(sweep_dir: str | Path, *, intensity: Sequence[str] =
     ]
     for name, rows in tables.items():
         parts.append(
-            f"\n## {_TITLES[name]}\n\n" + (markdown_table(rows) if rows else "(none in this sweep)\n")
+            f"\n## {TITLES[name]}\n\n" + (markdown_table(rows) if rows else "(none in this sweep)\n")
         )
     md = d / "experiment.md"
     md.write_text("".join(parts))
+    return md
+
+
+def run_experiment(
+    sweep: dict[str, Any], out: str | Path, *, jobs: int = 2, intensity: Sequence[str] = (), note: str = ""
+) -> Path:
+    """Write ``sweep`` as ``OUT/sweep.yaml``, run it with ``tdl sweep`` (resuming finished points),
+    then write experiment.md / experiment.json and the HTML report; returns experiment.md."""
+    import yaml
+
+    from trustworthy_dl.cli import main
+    from trustworthy_dl.errors import TdlError
+    from trustworthy_dl.report.html_report import write_report
+
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    spec = d / "sweep.yaml"
+    spec.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    if main(["sweep", str(spec), "--out", str(d), "--jobs", str(jobs), "--quiet"]) != 0:
+        raise TdlError(f"the sweep in {str(d)!r} did not finish (see the run.log of the failed points)")
+    md = write_experiment_tables(d, intensity=intensity, note=note)
+    write_report(d)
     return md

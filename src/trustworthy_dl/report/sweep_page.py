@@ -201,6 +201,19 @@ def sweep_sections(sweep_dir: Path, figs: Path) -> list[Section]:
     if any(r.get("epsilon") is not None for r in ok):
         keys = [*axes, "epsilon", "test_accuracy"]
         sections.append({"title": "Privacy", "table": table(keys, [[r.get(k) for k in keys] for r in ok])})
+    exp_path = sweep_dir / "experiment.json"
+    if exp_path.exists():  # the seed's experiment tables (report/experiment.py), when written
+        from trustworthy_dl.report.experiment import TITLES
+
+        for name, trows in json.loads(exp_path.read_text()).items():
+            if trows:
+                cols = list(trows[0])
+                sections.append(
+                    {
+                        "title": TITLES.get(name, name),
+                        "table": table(cols, [[r.get(c) for c in cols] for r in trows]),
+                    }
+                )
     figs_cols = [c for c in _FIGURES if any(r.get(c) is not None for r in rows)]
     sections.append(
         {

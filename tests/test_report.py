@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from trustworthy_dl.cli import main
+from trustworthy_dl.report.experiment import experiment_tables, write_experiment_tables
 from trustworthy_dl.report.tensorboard import record_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +122,15 @@ def test_sweep_report_heatmap_curves_and_browser(tmp_path: Path) -> None:
     )
     out = tmp_path / "sw"
     assert main(["sweep", str(sweep), "--out", str(out), "--jobs", "2", "--quiet"]) == 0
+    tables = experiment_tables(out, intensity=["attack.num_byzantine"])
+    det = {(r["defence"], r["attack"]): r for r in tables["detection"]}
+    flip = det[("defended", "sign_flip")]
+    assert flip["fn_rate"] <= 0.5 and flip["fp_rate"] == 0 and flip["latency_max"] <= 2
+    perf = {(r["defence"], r["attack"]): r for r in tables["performance"]}
+    assert perf[("mean", "gaussian")]["degradation"] > perf[("defended", "gaussian")]["degradation"]
+    assert {r["defence"] for r in tables["system"]} == {"mean", "defended"}
+    assert tables["reassignment"] and all(r["events"] > 0 for r in tables["reassignment"])
+    write_experiment_tables(out, intensity=["attack.num_byzantine"])
     assert main(["report", str(out)]) == 0
     html = (out / "report.html").read_text()
     for title in (
@@ -203,3 +213,19 @@ def test_tensorboard_flag_writes_scalars(tmp_path: Path) -> None:
     loss = [e.value for e in acc.Scalars("train/loss")]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert loss == pytest.approx([r["loss"] for r in records])
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "experiments/image_classification/run_cifar10_experiment.py",
+        "experiments/language_modeling/run_gpt2_experiment.py",
+    ],
+)
+def test_experiment_scripts_parse_their_arguments(script: str) -> None:
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "--quick" in proc.stdout and "--device" in proc.stdout, proc.stderr

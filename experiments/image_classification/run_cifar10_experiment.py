@@ -37,7 +37,8 @@ def dataset() -> tuple[str, str]:
         load_dataset(DataConfig(name="cifar10"))
         return "cifar10", ""
     except DataError as err:
-        note = f"CIFAR-10 is not available here, so Fashion-MNIST stands in for it ({err})"
+        first = str(err).splitlines()[0].split(". Looked in")[0]
+        note = f"CIFAR-10 is not available here, so Fashion-MNIST stands in for it ({first})"
         print(note, flush=True)
         return "fashion-mnist", note
 

@@ -151,8 +151,8 @@ def experiment_tables(
                 {
                     **ident_row,
                     "events": rec["events"],
-                    "seconds_total": rec.get("seconds_total"),
-                    "share_of_wall": rec.get("seconds_total", 0.0) / wall if wall else None,
+                    "microseconds_total": 1e6 * rec.get("seconds_total", 0.0),
+                    "share_of_wall_ppm": 1e6 * rec.get("seconds_total", 0.0) / wall if wall else None,
                 }
             )
     for name, run in clean.items():
@@ -178,7 +178,7 @@ TITLES = {
     "detection": "Attack detection: false-positive / false-negative rates over node-rounds, latency in rounds",
     "performance": "Model performance under attack (degradation against the same defence with no attack)",
     "recovery": "Recovery after reassignment: rounds from the last quarantine until the metric is back at the no-attack run's",
-    "reassignment": "Task reassignment overhead",
+    "reassignment": "Task reassignment overhead (moving a shard's ownership; ppm = parts per million of the run's wall time)",
     "system": "Throughput and memory, security layer off and on (no attack)",
 }
 

@@ -107,7 +107,7 @@ def user_components(
     names: dict[str, str] = {}
     added: list[tuple[Any, str]] = []
     try:
-        kind = "image"
+        kind: Literal["image", "text"] = "image"
         if dataset is not None and not isinstance(dataset, str):
             bundle = _bundle(dataset, test_dataset, _name("user", dataset), seed)
             kind = bundle.kind

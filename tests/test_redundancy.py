@@ -68,3 +68,71 @@ def test_worst_case_mols_k15_and_milp_equals_enumeration() -> None:
         assert distorted(a, ws) <= counts[4]
     with pytest.raises(ValueError, match="q must be"):
         worst_case_distorted(a, 16)
+
+
+# --------------------------------------------------------------------------- voting in training
+
+
+def test_majority_vote_exact_and_tolerance() -> None:
+    import torch
+
+    from trustworthy_dl.security.redundancy.vote import majority_vote
+
+    g, bad = torch.arange(4.0), torch.full((4,), 9.0)
+    v = majority_vote(torch.stack([g, bad, g]))
+    assert v.winner in (0, 2) and v.agree_C.tolist() == [True, False, True]
+    v = majority_vote(torch.stack([bad, bad, g]))  # two colluding copies win the file
+    assert v.winner in (0, 1) and v.agree_C.tolist() == [True, True, False]
+    assert majority_vote(torch.stack([g, bad])).winner is None  # 1 vs 1: no strict majority
+    near = g + 1e-7
+    assert majority_vote(torch.stack([g, near, bad])).winner is None  # exact: three different copies
+    assert majority_vote(torch.stack([g, near, bad]), mode="tolerance", tolerance=1e-5).winner in (0, 1)
+
+
+def test_redundancy_config_errors_name_the_problem() -> None:
+    from trustworthy_dl.config import load_config
+    from trustworthy_dl.engine.setup import check_supported
+    from trustworthy_dl.errors import ConfigError
+
+    def check(*sets: str) -> None:
+        check_supported(load_config(None, list(sets)))
+
+    with pytest.raises(ConfigError, match=r"security.redundancy: mols needs .*Supported, e.g.: \(K=6, r=2\)"):
+        check("distributed.num_nodes=16", "security.redundancy.scheme=mols")
+    with pytest.raises(ConfigError, match="attack_detection=true"):
+        check("distributed.num_nodes=15", "security.redundancy.scheme=mols", "security.attack_detection=true")
+    with pytest.raises(ConfigError, match=r"placement=worst_case needs security\.redundancy\.scheme"):
+        check("attack.placement=worst_case")
+    with pytest.raises(ConfigError, match="Input should be 'none', 'detox'"):
+        check("security.redundancy.scheme=byzshield")
+
+
+@pytest.mark.slow
+def test_byzshield_training_votes_out_the_worst_case_adversary() -> None:
+    from trustworthy_dl.config import load_config
+    from trustworthy_dl.engine.run import run_experiment
+
+    sets = [
+        "distributed.num_nodes=15", "security.redundancy.scheme=mols", "attack.placement=worst_case",
+        "attack.name=sign_flip", "attack.params.scale=4", "attack.num_byzantine=3", "aggregation.name=median",
+        "training.batch_size=8", "training.max_rounds=6", "training.eval_every=3", "output.progress=false",
+    ]  # fmt: skip
+    res = run_experiment(load_config(None, sets), write=False)
+    red, s = res.summary["redundancy"], res.summary
+    a = make_assignment("mols", workers=15, replication=3)
+    best, nodes = worst_case_distorted(a, 3)
+    assert s["byzantine_ids"] == sorted(nodes) and red["worst_case_distorted_for_q"] == best == 3
+    assert (
+        red["files"] == 25
+        and red["replication_overhead"] == 3.0
+        and red["gradient_evaluations_per_round"] == 75
+    )
+    first = res.history[0]["redundancy"]
+    assert first["distorted"] == best and first["copies"] == 75  # the adversary wins exactly its best files
+    won = a[nodes].sum(0) >= 2  # the files two of the three hold
+    assert first["lost_votes"] == [
+        int(a[i].sum() - (a[i] & won).sum()) if i in nodes else int((a[i] & won).sum()) for i in range(15)
+    ]
+    assert s["detection"]["latency_rounds_max"] <= 3 and s["detection"]["false_quarantines"] == 0
+    assert res.history[-1]["redundancy"]["distorted"] == 0  # quarantined copies no longer vote
+    assert s["final"]["test_accuracy"] > 0.3

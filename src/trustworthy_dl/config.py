@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trustworthy_dl.config_base import _Section
 from trustworthy_dl.config_privacy import PrivacyConfig
+from trustworthy_dl.config_redundancy import Placement, RedundancyConfig
 from trustworthy_dl.config_yaml import load_yaml_text, read_yaml
 from trustworthy_dl.errors import ConfigError, TdlError
 
@@ -184,6 +185,7 @@ class AttackConfig(_Section):
         None, ge=0, description="Last attacking round (inclusive); None: to the end."
     )
     every: int = Field(1, ge=1, description="Attack every k-th round from start_round (intermittent).")
+    placement: Placement = Field("random", description="worst_case: the ids redundancy fears most.")
     collude: bool = Field(True, description="Byzantine nodes send one shared vector.")
     knowledge: Literal["full", "colluders"] = Field(
         "full",
@@ -289,13 +291,9 @@ class SecurityConfig(_Section):
         description="Budget of extra stage-2 checks: expected fraction of unflagged active nodes "
         "re-computed each round, the most suspicious first, the rest at random.",
     )
-    verification_rtol: float = Field(
-        1e-3, ge=0, description="Relative L2 tolerance of a re-computation match."
-    )
+    verification_rtol: float = Field(1e-3, ge=0, description="Relative L2 tolerance of a re-computation.")
     verification_atol: float = Field(1e-8, ge=0, description="Absolute L2 tolerance (near-zero updates).")
-    watch_rounds: int = Field(
-        5, ge=0, description="Clean re-checks a node that failed must pass before it is unwatched."
-    )
+    watch_rounds: int = Field(5, ge=0, description="Clean re-checks a failed node must pass to be unwatched.")
     verify_quarantined: bool = Field(
         True, description="Re-compute quarantined nodes on probation (see probation_max_interval)."
     )
@@ -318,6 +316,7 @@ class SecurityConfig(_Section):
         description="Pipelines: fraction of each stage's micro-batches re-run by a verifier per step "
         "(outputs and activation-gradients compared).",
     )
+    redundancy: RedundancyConfig = Field(default_factory=RedundancyConfig)  # DETOX / ByzShield voting
 
 
 class TrustConfig(_Section):

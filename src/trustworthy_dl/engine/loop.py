@@ -37,6 +37,7 @@ from trustworthy_dl.engine.fault_log import FaultLog
 from trustworthy_dl.engine.faults import LauncherStop, restart_attempt, stop_on_sigterm
 from trustworthy_dl.engine.private_round import account_round, honest_update, node_rows
 from trustworthy_dl.engine.probe import RoundAggregation
+from trustworthy_dl.engine.redundant_round import redundant_round
 from trustworthy_dl.engine.round_record import CoordinatorRecord
 from trustworthy_dl.engine.run_summary import extra_plots, run_summary, traffic_summary
 from trustworthy_dl.engine.setup import Experiment
@@ -332,6 +333,8 @@ class RoundLoop:
             self.skip_until = r2 = r2 + 1
 
     def _round(self, r: int) -> dict[str, Any]:
+        if self.exp.redundancy is not None:  # DETOX / ByzShield: votes over replicated files
+            return redundant_round(self, r)
         exp, comm = self.exp, self.comm
         timer = _Timer()
         assignment, meta_RK = self._node_work(r, timer)

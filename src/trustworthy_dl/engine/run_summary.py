@@ -102,6 +102,9 @@ def run_summary(loop: RoundLoop, wall: float) -> dict[str, Any]:
         summary["trust"] = exp.trust.summary()
     if exp.privacy is not None:
         summary["privacy"] = exp.privacy.summary()
+    if exp.redundancy is not None:
+        compute_s = loop.totals.split.get("compute", 0.0)
+        summary["redundancy"] = exp.redundancy.summary(exp.adversary.byzantine_ids, compute_s)
     faults = loop.faults.summary()
     if faults is not None:
         summary["faults"] = faults

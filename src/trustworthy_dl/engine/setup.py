@@ -29,6 +29,7 @@ from trustworthy_dl.errors import ConfigError
 from trustworthy_dl.models import get_model, model_kind
 from trustworthy_dl.privacy.setup import PrivacyLayer, build_privacy, check_privacy
 from trustworthy_dl.security.layer import SecurityLayer, build_security
+from trustworthy_dl.security.redundancy.plan import RedundancyPlan, build_plan, check_redundancy
 from trustworthy_dl.trust import ShardScheduler, TrustManager
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class Experiment:
     pipeline: PipelineParts | None = None
     privacy: PrivacyLayer | None = None
     faults: FaultSchedule = field(default_factory=FaultSchedule)
+    redundancy: RedundancyPlan | None = None
 
     def batch(self, node: int, round_idx: int, shards: list[int]) -> tuple[Tensor, Tensor]:
         """The clean batch node ``node`` trains on this round: ``batch_size`` samples per held shard.
@@ -104,6 +106,7 @@ def check_supported(cfg: Config) -> None:
 
         check_pipeline_supported(cfg)
     check_privacy(cfg)
+    check_redundancy(cfg)
     if cfg.output.tensorboard:
         try:
             import tensorboard  # noqa: F401
@@ -153,7 +156,8 @@ def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
         raise ConfigError(
             f"distributed.num_nodes={n} exceeds the {len(data.x_train)} training samples of {data.name}"
         )
-    shards = partition_bundle(data, n, cfg.data, seed=cfg.seed)  # on the CPU, before the move to the device
+    plan = build_plan(cfg) if cfg.security.redundancy.scheme != "none" else None  # K files of data
+    shards = partition_bundle(data, plan.num_files if plan else n, cfg.data, seed=cfg.seed)  # CPU, before .to
     data.x_train, data.y_train = data.x_train.to(device), data.y_train.to(device)
     data.x_test, data.y_test = data.x_test.to(device), data.y_test.to(device)
 
@@ -176,7 +180,11 @@ def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
         batch_size=tcfg.batch_size,
         total_rounds=max(total, 1),
     )
-    adversary = AdversarialAttacker(cfg.attack, num_nodes=n, seed=cfg.seed)
+    attack_cfg = cfg.attack
+    if plan is not None and attack_cfg.placement == "worst_case" and cfg.num_byzantine:
+        ids = plan.worst_case(cfg.num_byzantine)[1]  # the omniscient adversary's choice of nodes
+        attack_cfg = attack_cfg.model_copy(update={"byzantine_ids": sorted(ids)})
+    adversary = AdversarialAttacker(attack_cfg, num_nodes=n, seed=cfg.seed)
     aggregator = build_run_aggregator(cfg)
     trust = TrustManager.from_config(n, cfg)
     scheduler = ShardScheduler(n)
@@ -201,6 +209,7 @@ def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
         total_rounds=max(total, 1),
         privacy=privacy,
         faults=FaultSchedule(tuple(cfg.faults), dcfg.round_timeout_s),
+        redundancy=plan,
     )
 
 

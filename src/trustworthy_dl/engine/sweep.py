@@ -286,6 +286,7 @@ def _row(point: GridPoint, d: Path, named: dict[str, Cases]) -> dict[str, Any]:
         test_accuracy=s["final"].get("test_accuracy"),
         perplexity=s["final"].get("perplexity"),
         backdoor_success=s["final"].get("backdoor_success"),
+        distorted_fraction=(s.get("redundancy") or {}).get("distorted_fraction"),
         epsilon=(s.get("privacy") or {}).get("epsilon"),
         tpr=det.get("tpr"),
         fpr=det.get("fpr"),

@@ -25,13 +25,13 @@ from trustworthy_dl.security.redundancy.vote import agree, majority_vote
 from trustworthy_dl.security.redundancy.worst_case import distorted
 
 if TYPE_CHECKING:
-    from trustworthy_dl.engine.loop import Loop
+    from trustworthy_dl.engine.loop import RoundLoop
 
 __all__ = ["redundant_round"]
 
 
 def _byzantine_copies(
-    loop: Loop, r: int, honest_KD: Tensor, batches: list[tuple[Tensor, Tensor]]
+    loop: RoundLoop, r: int, honest_KD: Tensor, batches: list[tuple[Tensor, Tensor]]
 ) -> Tensor | None:
     """(K, D): the vector every Byzantine copy of each file carries this round (None: no attack)."""
     exp = loop.exp
@@ -64,7 +64,7 @@ def _byzantine_copies(
     return out
 
 
-def redundant_round(loop: Loop, r: int) -> dict[str, Any]:
+def redundant_round(loop: RoundLoop, r: int) -> dict[str, Any]:
     exp = loop.exp
     plan = exp.redundancy
     assert plan is not None and exp.computer is not None

@@ -75,6 +75,10 @@ def _zero(h: Tensor, own: Tensor, out: Tensor) -> None:
     assert torch.equal(out, torch.zeros(B, D))
 
 
+def _constant(h: Tensor, own: Tensor, out: Tensor) -> None:
+    assert torch.equal(out, torch.full((B, D), -100.0))
+
+
 def _zero_sum(h: Tensor, own: Tensor, out: Tensor) -> None:
     _same_rows(out)
     torch.testing.assert_close(torch.cat([h, out]).sum(0), torch.zeros(D), atol=1e-4, rtol=0)
@@ -144,6 +148,7 @@ def _min_sum(h: Tensor, own: Tensor, out: Tensor) -> None:
 EFFECTS: dict[str, Callable[[Tensor, Tensor, Tensor], None]] = {
     "gaussian": _gaussian,
     "zero_gradient": _zero,
+    "constant": _constant,
     "zero_sum": _zero_sum,
     "sign_flip": _sign_flip,
     "scaling": _scaling,

@@ -17,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -94,6 +95,35 @@ class ZeroGradient(UpdateAttack):
         context: AttackContext | None = None,
     ) -> Tensor:
         return torch.zeros_like(rowwise(honest_HD, num_byzantine))
+
+
+@UPDATE_ATTACKS.register("constant")
+@dataclass
+class Constant(UpdateAttack):
+    """Byzantine rows are the constant vector ``value`` in every coordinate (DETOX / ByzShield's
+    "constant attack"; the Byzantine copies of a file agree, so they win its vote when they hold
+    a majority)."""
+
+    value: float = -100.0
+
+    def __post_init__(self) -> None:
+        if (
+            not isinstance(self.value, (int, float))
+            or isinstance(self.value, bool)
+            or not math.isfinite(self.value)
+        ):
+            raise ValueError(f"value must be a finite number, got {self.value!r}")
+        self.value = float(self.value)
+
+    def __call__(
+        self,
+        honest_HD: Tensor,
+        *,
+        num_byzantine: int,
+        generator: torch.Generator | None = None,
+        context: AttackContext | None = None,
+    ) -> Tensor:
+        return torch.full_like(rowwise(honest_HD, num_byzantine), self.value)
 
 
 @UPDATE_ATTACKS.register("zero_sum")

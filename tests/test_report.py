@@ -145,6 +145,9 @@ def test_sweep_report_heatmap_curves_and_browser(tmp_path: Path) -> None:
     md = (out / "report.md").read_text()
     assert "![test_accuracy: defence x attack](report/heatmap.png)" in md
     _check_page(out / "report.html", min_images=5)
+    # a run directory that went missing after the sweep: one line naming it, no traceback
+    shutil.rmtree(out / "defence=mean-name=gaussian")
+    assert main(["report", str(out)]) == 2
 
 
 def test_report_of_a_directory_without_results_names_the_problem(

@@ -57,9 +57,9 @@ def write_report(target: str | Path) -> tuple[Path, Path]:
             raise TdlError(
                 f"{str(d)!r} holds neither summary.json (a finished run) nor sweep.json (a finished sweep)"
             )
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise TdlError(
-            f"cannot build a report from {str(d)!r}: a result file is damaged ({type(err).__name__}: {err})"
+            f"cannot build a report from {str(d)!r}: a result file is missing or damaged ({type(err).__name__}: {err})"
         ) from None
     for s in sections:
         for f in s.get("figures") or []:

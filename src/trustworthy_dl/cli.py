@@ -35,8 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def config_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("config", nargs="?", help="YAML config (default: the built-in quickstart)")
+    def config_args(sp: argparse.ArgumentParser, what: str = "YAML config") -> None:
+        sp.add_argument("config", nargs="?", help=f"{what} (default: the built-in quickstart)")
         sp.add_argument(
             "--set",
             dest="overrides",
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     launch.add_argument("--resume", metavar="RUN_DIR", help="continue the unfinished run in RUN_DIR")
 
     sweep = sub.add_parser("sweep", help="run a config over a grid of overrides and tabulate the results")
-    config_args(sweep)
+    config_args(sweep, "YAML config, or a sweep file (base, set, grid, cases, axes, seeds)")
     sweep.add_argument(
         "--grid", action="append", default=[], metavar="KEY=V1,V2", help="one axis of the grid (repeatable)"
     )

@@ -21,6 +21,15 @@ SMALL = [
 ]
 
 
+def _small_run(out: Path, *extra: str) -> int:
+    """A few rounds of the quickstart under a sign-flip attack with stage-1 detection on."""
+    sets = ["attack.name=sign_flip", "security.attack_detection=true", *extra]
+    args = [a for s in sets for a in ("--set", s)]
+    return main(
+        ["run", str(ROOT / "configs" / "quickstart.yaml"), *SMALL, *args, "--out", str(out), "--quiet"]
+    )
+
+
 def _browser() -> str | None:
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         path = shutil.which(name)
@@ -80,25 +89,7 @@ def _check_page(report: Path, min_images: int) -> None:
 @pytest.mark.slow
 def test_run_report_html_markdown_and_browser(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "run",
-                str(ROOT / "configs" / "quickstart.yaml"),
-                *SMALL,
-                "--set",
-                "attack.name=sign_flip",
-                "--set",
-                "security.attack_detection=true",
-                "--set",
-                "security.gradient_verification=true",
-                "--out",
-                str(run),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert _small_run(run, "security.gradient_verification=true") == 0
     assert main(["report", str(run)]) == 0
     assert "report.html" in capsys.readouterr().out
     html = (run / "report.html").read_text()
@@ -190,25 +181,7 @@ def test_tensorboard_flag_writes_scalars(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "run",
-                str(ROOT / "configs" / "quickstart.yaml"),
-                *SMALL,
-                "--set",
-                "attack.name=sign_flip",
-                "--set",
-                "security.attack_detection=true",
-                "--set",
-                "output.tensorboard=true",
-                "--out",
-                str(run),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert _small_run(run, "output.tensorboard=true") == 0
     acc = EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])

@@ -18,13 +18,12 @@ Full mode: ResNet-20, 2000 rounds, three seeds (meant for a GPU machine).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from trustworthy_dl.config import DataConfig
 from trustworthy_dl.data import load_dataset
 from trustworthy_dl.errors import DataError
-from trustworthy_dl.report.experiment import run_experiment
+from trustworthy_dl.report.experiment import experiment_args, run_experiment
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ATTACKS = ["gaussian", "sign_flip", "alie", "ipm", "label_flip"]
@@ -44,12 +43,9 @@ def dataset() -> tuple[str, str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="a small CNN for 100 rounds (minutes on a CPU)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    p.add_argument("--out", default="runs/cifar10_experiment", help="sweep directory (resumable)")
-    p.add_argument("--jobs", type=int, default=2, help="runs at a time")
-    args = p.parse_args()
+    args = experiment_args(
+        __doc__, quick="a small CNN for 100 rounds (minutes on a CPU)", out="runs/cifar10_experiment"
+    )
     data, note = dataset()
     model = "cnn" if args.quick else "resnet20"
     sets = {

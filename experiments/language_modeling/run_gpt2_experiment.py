@@ -16,22 +16,18 @@ Quick mode: GPT-2 tiny (2 layers, 128 wide), 300 rounds. Full mode: GPT-2 small,
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from trustworthy_dl.report.experiment import run_experiment
+from trustworthy_dl.report.experiment import experiment_args, run_experiment
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 UNDEFENDED = {"security.attack_detection": False, "security.gradient_verification": False}
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="GPT-2 tiny for 300 rounds (minutes on a CPU)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    p.add_argument("--out", default="runs/gpt2_experiment", help="sweep directory (resumable)")
-    p.add_argument("--jobs", type=int, default=2, help="runs at a time")
-    args = p.parse_args()
+    args = experiment_args(
+        __doc__, quick="GPT-2 tiny for 300 rounds (minutes on a CPU)", out="runs/gpt2_experiment"
+    )
     sets = {
         "data.name": "tinyshakespeare",
         "model.size": "tiny" if args.quick else "small",

@@ -22,7 +22,6 @@ from trustworthy_dl.attacks.base import DataAttack, UpdateAttack
 from trustworthy_dl.attacks.context import AttackContext
 from trustworthy_dl.engine.timer import PhaseTimer
 from trustworthy_dl.security.redundancy.vote import agree, majority_vote
-from trustworthy_dl.security.redundancy.worst_case import distorted
 
 if TYPE_CHECKING:
     from trustworthy_dl.engine.loop import RoundLoop
@@ -54,9 +53,9 @@ def _byzantine_copies(
         return out * attack.boost if attack.boost != 1.0 else out
     assert isinstance(attack, UpdateAttack)
     if attack.knowledge == "omniscient":  # one vector from every file's honest gradient
-        won = distorted(plan.assignment_NK, adv.byzantine_ids)
         ctx = AttackContext(honest_ND=honest_KD, round=r, num_nodes=k)
-        v = attack(honest_KD, num_byzantine=max(won, 1), generator=adv.generator(r, -1), context=ctx)[0]
+        won = max(plan.byzantine_wins, 1)
+        v = attack(honest_KD, num_byzantine=won, generator=adv.generator(r, -1), context=ctx)[0]
         out[:] = v.to(out.dtype)
         return out
     for j in range(k):  # an attack on its own update: each file's copies corrupted alike
@@ -69,50 +68,43 @@ def redundant_round(loop: RoundLoop, r: int) -> dict[str, Any]:
     plan = exp.redundancy
     assert plan is not None and exp.computer is not None
     timer = PhaseTimer()
-    a = plan.assignment_NK
-    n, k = a.shape
-    byz = set(exp.adversary.byzantine_ids)
+    n, k = plan.assignment_NK.shape
     with timer("data"):
         batches = []
         for j in range(k):
             idx = exp.sampler.batch(j, r).to(exp.data.x_train.device)
             batches.append((exp.data.x_train[idx], exp.data.y_train[idx]))
-    pairs = [(i, j) for i in range(n) for j in range(k) if a[i, j]]
+    node_P, file_P = plan.node_P, plan.file_P
     with timer("compute"):  # every copy of every file, as the nodes compute them
-        copies_PD = torch.empty(len(pairs), exp.flat.num_params, dtype=exp.flat.params_D.dtype)
-        losses_P = exp.computer.compute([batches[j] for _, j in pairs], copies_PD)
-    honest_KD = torch.empty(k, copies_PD.shape[1], dtype=copies_PD.dtype)
-    loss_K = torch.empty(k)
-    for p, (_i, j) in enumerate(pairs):
-        honest_KD[j], loss_K[j] = copies_PD[p], losses_P[p]
+        copies_PD = torch.empty(len(node_P), exp.flat.num_params, dtype=exp.flat.params_D.dtype)
+        losses_P = exp.computer.compute([batches[j] for j in file_P.tolist()], copies_PD)
+    honest_KD = copies_PD[plan.first_copy_K]  # a copy (advanced indexing), taken before any corruption
+    loss_K = losses_P[plan.first_copy_K]
     with timer("attack"):
         bad_KD = _byzantine_copies(loop, r, honest_KD, batches)
-        if bad_KD is not None:
-            for p, (i, j) in enumerate(pairs):
-                if i in byz:
-                    copies_PD[p] = bad_KD[j]
+        if bad_KD is not None and plan.byzantine_ids:
+            byz_P = torch.isin(node_P, torch.tensor(plan.byzantine_ids, dtype=torch.long))
+            copies_PD[byz_P] = bad_KD[file_P[byz_P]]
     active = exp.trust.active_N
-    won_K = torch.zeros(k, dtype=torch.bool)
     voted: list[Tensor] = []
     lost_N, decided_N = torch.zeros(n), torch.zeros(n)
     distorted_now, undecided = 0, 0
+    mode, tol = plan.mode, plan.tolerance
     with timer("security"):
-        for j in range(k):
-            rows = [p for p, (i, jj) in enumerate(pairs) if jj == j]
-            voters = [p for p in rows if bool(active[pairs[p][0]])]
-            v = majority_vote(copies_PD[voters], mode=plan.mode, tolerance=plan.tolerance)  # type: ignore[arg-type]
+        for j, rows in enumerate(plan.rows_of_file):
+            voters = [p for p in rows if bool(active[node_P[p]])]
+            v = majority_vote(copies_PD[voters], mode=mode, tolerance=tol)  # type: ignore[arg-type]
             if v.winner is None:
                 undecided += 1
                 continue
             win = copies_PD[voters[v.winner]]
-            won_K[j] = True
             voted.append(win)
-            if not agree(win, honest_KD[j], mode=plan.mode, tolerance=plan.tolerance):  # type: ignore[arg-type]
+            if not agree(win, honest_KD[j], mode=mode, tolerance=tol):  # type: ignore[arg-type]
                 distorted_now += 1
             for p in rows:
-                i = pairs[p][0]
+                i = int(node_P[p])
                 decided_N[i] += 1
-                if not agree(copies_PD[p], win, mode=plan.mode, tolerance=plan.tolerance):  # type: ignore[arg-type]
+                if not agree(copies_PD[p], win, mode=mode, tolerance=tol):  # type: ignore[arg-type]
                     lost_N[i] += 1
     evidence_N = (2 * lost_N > decided_N) & (decided_N > 0)
     with timer("trust"):
@@ -123,7 +115,7 @@ def redundant_round(loop: RoundLoop, r: int) -> dict[str, Any]:
     plan.rounds += 1
     plan.distorted_total += distorted_now
     plan.undecided_total += undecided
-    plan.copies_total += len(pairs)
+    plan.copies_total += len(node_P)
     loop.samples += exp.sampler.batch_size * k
     loop.tracker.record(r, flags_N=evidence_N, quarantined_N=exp.trust.quarantined_N, stage1_flags_N=None)
     rec: dict[str, Any] = {
@@ -132,7 +124,7 @@ def redundant_round(loop: RoundLoop, r: int) -> dict[str, Any]:
         "loss": float(loss_K.mean()),
         "redundancy": {
             "files": k,
-            "copies": len(pairs),
+            "copies": len(node_P),
             "distorted": distorted_now,
             "undecided": undecided,
             "lost_votes": [int(x) for x in lost_N.tolist()],

@@ -104,7 +104,7 @@ def run_summary(loop: RoundLoop, wall: float) -> dict[str, Any]:
         summary["privacy"] = exp.privacy.summary()
     if exp.redundancy is not None:
         compute_s = loop.totals.split.get("compute", 0.0)
-        summary["redundancy"] = exp.redundancy.summary(exp.adversary.byzantine_ids, compute_s)
+        summary["redundancy"] = exp.redundancy.summary(compute_s)
     faults = loop.faults.summary()
     if faults is not None:
         summary["faults"] = faults

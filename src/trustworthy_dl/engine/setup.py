@@ -185,6 +185,8 @@ def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
         ids = plan.worst_case(cfg.num_byzantine)[1]  # the omniscient adversary's choice of nodes
         attack_cfg = attack_cfg.model_copy(update={"byzantine_ids": sorted(ids)})
     adversary = AdversarialAttacker(attack_cfg, num_nodes=n, seed=cfg.seed)
+    if plan is not None:
+        plan.bind(adversary.byzantine_ids)
     aggregator = build_run_aggregator(cfg)
     trust = TrustManager.from_config(n, cfg)
     scheduler = ShardScheduler(n)

@@ -17,6 +17,7 @@ The sweep needs an axis named ``defence`` (with the undefended setting first) an
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from trustworthy_dl.report.metrics import read_metrics
-from trustworthy_dl.report.sweep_tables import markdown_table
+from trustworthy_dl.report.sweep_tables import markdown_table, run_dir_of
 
-__all__ = ["experiment_tables", "run_experiment", "write_experiment_tables"]
+__all__ = ["experiment_args", "experiment_tables", "run_experiment", "write_experiment_tables"]
 
 
 def _load(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -35,8 +36,7 @@ def _load(sweep_dir: Path) -> list[dict[str, Any]]:
     for row in json.loads((sweep_dir / "sweep.json").read_text()):
         if row.get("status") != "ok":
             continue
-        d = Path(str(row["dir"]))
-        d = d if (d / "summary.json").exists() else sweep_dir / d.name
+        d = run_dir_of(sweep_dir, row)
         runs.append(
             {
                 "row": row,
@@ -199,6 +199,16 @@ def write_experiment_tables(sweep_dir: str | Path, *, intensity: Sequence[str] =
     md = d / "experiment.md"
     md.write_text("".join(parts))
     return md
+
+
+def experiment_args(doc: str, *, quick: str, out: str) -> argparse.Namespace:
+    """The experiment scripts' shared options: --quick, --device, --out, --jobs."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help=quick)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--out", default=out, help="sweep directory (resumable)")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    return p.parse_args()
 
 
 def run_experiment(

@@ -12,7 +12,7 @@ import numpy as np
 from trustworthy_dl.report.metrics import read_metrics
 from trustworthy_dl.report.report_plots import plot_curves, plot_heatmap, plot_phase_bars, plot_trust_groups
 from trustworthy_dl.report.run_page import Section, config_of, table
-from trustworthy_dl.report.sweep_tables import LOWER_IS_BETTER, headline
+from trustworthy_dl.report.sweep_tables import LOWER_IS_BETTER, headline, run_dir_of
 
 __all__ = ["sweep_sections"]
 
@@ -28,11 +28,6 @@ _FIGURES = [
     "rounds",
     "wall_s",
 ]
-
-
-def _run_dir(sweep_dir: Path, row: dict[str, Any]) -> Path:
-    d = Path(str(row.get("dir", "")))
-    return d if (d / "summary.json").exists() else sweep_dir / d.name
 
 
 def _label(row: dict[str, Any], keys: list[str]) -> str:
@@ -115,7 +110,7 @@ def sweep_sections(sweep_dir: Path, figs: Path) -> list[Section]:
         trust: dict[str, dict[str, Any]] = {}
         phase_sum: dict[str, float] = defaultdict(float)
         for r in grows:
-            d = _run_dir(sweep_dir, r)
+            d = run_dir_of(sweep_dir, r)
             recs = read_metrics(d / "metrics.jsonl") if (d / "metrics.jsonl").exists() else []
             key = "test_perplexity" if r.get("perplexity") is not None else "test_accuracy"
             ev = [x for x in recs if key in x]
@@ -142,7 +137,7 @@ def sweep_sections(sweep_dir: Path, figs: Path) -> list[Section]:
         )
         if p:
             curve_figs.append({"file": rel(p), "caption": gname})
-        security = config_of(_run_dir(sweep_dir, grows[0])).get("security") or {}
+        security = config_of(run_dir_of(sweep_dir, grows[0])).get("security") or {}
         threshold = float(security.get("trust_threshold", 0.7))
         p = plot_trust_groups(trust, figs / f"trust_{gi}.png", title=gname, threshold=threshold)
         if p:

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from trustworthy_dl.engine.sweep_file import SweepSpec
 
-__all__ = ["headline", "headline_markdown", "markdown_table", "write_results_csv", "write_sweep_tables"]
+__all__ = [
+    "headline",
+    "headline_markdown",
+    "markdown_table",
+    "run_dir_of",
+    "write_results_csv",
+    "write_sweep_tables",
+]
 
 LOWER_IS_BETTER = {
     "perplexity",
@@ -31,6 +38,12 @@ LOWER_IS_BETTER = {
     "latency_median",
     "latency_max",
 }
+
+
+def run_dir_of(sweep_dir: Path, row: dict[str, Any]) -> Path:
+    """A sweep row's run directory: as recorded, or by name under ``sweep_dir`` (a moved sweep)."""
+    d = Path(str(row.get("dir", "")))
+    return d if (d / "summary.json").exists() else sweep_dir / d.name
 
 
 def _fmt(v: Any) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from trustworthy_dl.errors import ConfigError
 from trustworthy_dl.security.redundancy.assignments import make_assignment
@@ -64,21 +65,36 @@ class RedundancyPlan:
     distorted_total: int = 0
     undecided_total: int = 0
     copies_total: int = 0
-    tally: dict[str, float] = field(default_factory=dict)
+    # derived once from the placement: copy p is (node_P[p], file_P[p]); the copies of file j
+    node_P: torch.Tensor = field(init=False)
+    file_P: torch.Tensor = field(init=False)
+    rows_of_file: list[list[int]] = field(init=False)
+    first_copy_K: torch.Tensor = field(init=False)
+    byzantine_ids: list[int] = field(default_factory=list)
+    byzantine_wins: int = 0  # files the coalition's copies outvote (when it attacks)
+
+    def __post_init__(self) -> None:
+        nodes, files = np.nonzero(self.assignment_NK)  # row-major: node by node
+        self.node_P = torch.as_tensor(nodes, dtype=torch.long)
+        self.file_P = torch.as_tensor(files, dtype=torch.long)
+        self.rows_of_file = [np.flatnonzero(files == j).tolist() for j in range(self.num_files)]
+        self.first_copy_K = torch.tensor([rows[0] for rows in self.rows_of_file], dtype=torch.long)
 
     @property
     def num_files(self) -> int:
         return int(self.assignment_NK.shape[1])
 
-    def holders(self, file: int) -> list[int]:
-        return [int(i) for i in np.flatnonzero(self.assignment_NK[:, file])]
+    def bind(self, byzantine_ids: list[int]) -> None:
+        """Fix the coalition (the adversary's nodes) and the number of file votes it wins."""
+        self.byzantine_ids = sorted(byzantine_ids)
+        self.byzantine_wins = distorted(self.assignment_NK, self.byzantine_ids)
 
     def worst_case(self, q: int) -> tuple[int, list[int]]:
         return worst_case_distorted(self.assignment_NK, q)
 
-    def summary(self, byzantine_ids: list[int], compute_s: float) -> dict[str, Any]:
+    def summary(self, compute_s: float) -> dict[str, Any]:
         k = self.num_files
-        worst, _ = self.worst_case(len(byzantine_ids)) if byzantine_ids else (0, [])
+        worst, _ = self.worst_case(len(self.byzantine_ids)) if self.byzantine_ids else (0, [])
         rounds = max(self.rounds, 1)
         return {
             "scheme": self.scheme,
@@ -86,7 +102,7 @@ class RedundancyPlan:
             "files": k,
             "files_per_node": int(self.assignment_NK.sum(1).max()),
             "vote": self.mode,
-            "byzantine_can_distort": distorted(self.assignment_NK, byzantine_ids),
+            "byzantine_can_distort": self.byzantine_wins,
             "worst_case_distorted_for_q": worst,
             "distorted_fraction": round(self.distorted_total / (rounds * k), 4),
             "undecided_fraction": round(self.undecided_total / (rounds * k), 4),

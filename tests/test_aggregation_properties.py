@@ -204,3 +204,28 @@ def test_declared_tolerance_is_exactly_where_the_rule_runs(name: str, pre: list)
             except ConfigError:
                 ran = False
             assert ran == (f <= agg.max_f(n)), (name, pre, n, f, agg.max_f(n))
+
+
+def test_signguard_mean_shift_is_permutation_invariant_at_exact_bandwidth_ties() -> None:
+    # Sign fractions are multiples of 1/total, so points sit exactly at the bandwidth; a Hypothesis
+    # case (D = 9) once flipped such comparisons by the last bit under a row permutation.
+    from trustworthy_dl.aggregation.signguard import mean_shift_largest_cluster
+
+    counts = [
+        [6, 0, 3],
+        [4, 0, 5],
+        [5, 0, 4],
+        [7, 0, 2],
+        [3, 0, 6],
+        [4, 0, 5],
+        [3, 0, 6],
+        [7, 0, 2],
+        [2, 0, 7],
+        [2, 0, 7],
+    ]
+    pts = torch.tensor(counts, dtype=torch.float64) / 9
+    ref = mean_shift_largest_cluster(pts)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        perm = torch.randperm(len(counts), generator=g)
+        assert torch.equal(mean_shift_largest_cluster(pts[perm]), ref[perm])

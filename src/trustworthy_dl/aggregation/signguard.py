@@ -61,23 +61,29 @@ def mean_shift_largest_cluster(points_PK: Tensor, quantile: float = 0.3, max_ite
         return torch.ones(p, dtype=torch.bool, device=points_PK.device)
     dist = torch.cdist(points_PK, points_PK)
     k = max(1, int(p * quantile))
-    bandwidth = float(dist.sort(dim=1).values[:, min(k, p) - 1].mean())
+    # summed in sorted order, so the bandwidth does not depend on the order of the rows
+    bandwidth = float(dist.sort(dim=1).values[:, min(k, p) - 1].sort().values.mean())
     if bandwidth <= 0:
         return torch.ones(p, dtype=torch.bool, device=points_PK.device)
+    # Points often sit exactly at the bandwidth (sign fractions are multiples of 1/total): compare
+    # with a margin far above rounding, so that a row order's last-bit differences cannot flip them.
+    reach = bandwidth * (1 + 1e-9)
     modes = points_PK.clone()
     for _ in range(max_iter):
-        within = (torch.cdist(modes, points_PK) <= bandwidth).to(points_PK.dtype)
+        within = (torch.cdist(modes, points_PK) <= reach).to(points_PK.dtype)
         new = within @ points_PK / within.sum(1, keepdim=True)
         shift = float((new - modes).norm(dim=1).max())
         modes = new
         if shift <= 1e-3 * bandwidth:
             break
-    # Merge modes: strongest first (most points within the bandwidth; ties by coordinates).
-    strength = (torch.cdist(modes, points_PK) <= bandwidth).sum(1)
+    # Merge modes: strongest first (most points within the bandwidth; ties by coordinates). The
+    # modes are rounded so that the tie order is the same whatever the order of the rows.
+    modes = modes.round(decimals=9)
+    strength = (torch.cdist(modes, points_PK) <= reach).sum(1)
     keys = sorted(range(p), key=lambda i: (-int(strength[i]), *modes[i].tolist()))
     centres: list[int] = []
     for i in keys:
-        if all(float((modes[i] - modes[j]).norm()) > bandwidth for j in centres):
+        if all(float((modes[i] - modes[j]).norm()) > reach for j in centres):
             centres.append(i)
     label = torch.cdist(points_PK, modes[centres]).argmin(1)
     sizes = torch.bincount(label, minlength=len(centres))

@@ -391,7 +391,10 @@ g = torch.Generator().manual_seed(3)
 X = torch.randn(9, 70_001, generator=g)
 X[4] *= 20
 res = {r: get_aggregator(r, f=2)(X) for r in ("median", "trimmed_mean", "krum", "geometric_median")}
-torch.save({r: v.value_D for r, v in res.items()} | {"kernel": res["median"].info.get("kernel")}, sys.argv[1])
+from trustworthy_dl.security.ranks import signed_rank_sums
+X[:, :999] = X[:, :999].round()  # ties
+out = {r: v.value_D for r, v in res.items()} | {"kernel": res["median"].info.get("kernel")}
+torch.save(out | {"rank_sums": torch.stack(signed_rank_sums(X[:, :20_000]))}, sys.argv[1])
 """
 
 
@@ -417,12 +420,12 @@ def test_kernels_build_and_agree_on_portable_x86_levels(tmp_path: Path, march: s
         assert proc.returncode == 0, proc.stderr[-3000:]
         out[native] = torch.load(path)
     assert out["1"]["kernel"] == "native" and out["0"]["kernel"] != "native"
-    for r in ("median", "trimmed_mean"):
+    for r in ("median", "trimmed_mean", "rank_sums"):  # rank sums: exact integers either way
         assert torch.equal(out["1"][r], out["0"][r]), r
     for r in ("krum", "geometric_median"):
         torch.testing.assert_close(out["1"][r], out["0"][r], rtol=1e-5, atol=1e-6)
     built = [p.name for p in (tmp_path / f"kernels-u{os.getuid()}").glob("*.so")]
-    assert {n.split("-")[0] for n in built} >= {"centred_gram", "middle_mean"}
+    assert {n.split("-")[0] for n in built} >= {"centred_gram", "middle_mean", "rank_sums"}
 
 
 @needs_cc

@@ -21,6 +21,7 @@ from trustworthy_dl.security import (
 from trustworthy_dl.security.base import finite_rows, robust_z, sample_coords
 from trustworthy_dl.security.kmeans2 import two_means_batched
 from trustworthy_dl.security.mandera import duplicated_rows, separation, separation_null
+from trustworthy_dl.security.ranks import rank_moments, signed_rank_sums
 
 N, F, D = 16, 4, 2000
 
@@ -80,6 +81,33 @@ def test_average_ranks_match_brute_force(n, d):
     less = (x.unsqueeze(0) < x.unsqueeze(1)).sum(1)
     equal = (x.unsqueeze(0) == x.unsqueeze(1)).sum(1)
     assert torch.equal(average_ranks(x), less + (equal + 1) / 2)
+
+
+@pytest.mark.parametrize(("n", "d"), [(2, 5), (7, 300), (16, 9978), (70, 1000)])
+def test_rank_moments_native_equal_torch_path_and_brute_force(n, d):
+    g = torch.Generator().manual_seed(n + d)
+    x = torch.randn(n, d, generator=g)
+    x[:, : d // 2] = torch.randint(0, 4, (n, d // 2), generator=g).float()  # ties
+    x[1] = x[0]
+    x[0, 0] = -0.0  # -0.0 ties with +0.0
+    native = rank_moments(x, correction=1)
+    torch_path = rank_moments(x.double(), correction=1)  # float64 input: no native kernel
+    assert torch.equal(native[0], torch_path[0]) and torch.equal(native[1], torch_path[1])
+    r = average_ranks(x).double()
+    assert torch.allclose(native[0], r.mean(1), rtol=1e-13, atol=0)
+    assert torch.allclose(native[1], r.std(1, correction=1), rtol=1e-12, atol=1e-12)
+    s1, s2 = signed_rank_sums(x)
+    a = 2 * r - (n + 1)
+    assert torch.equal(s1, a.sum(1)) and torch.equal(s2, a.square().sum(1))
+
+
+def test_median_values_equal_the_median_rule():
+    from trustworthy_dl.aggregation import AGGREGATORS
+    from trustworthy_dl.aggregation._sortnet import MEDIAN_VALUES_MIN_COLUMNS, median_values
+
+    for n, d in [(16, MEDIAN_VALUES_MIN_COLUMNS + 3), (7, 100)]:
+        x = torch.randn(n, d, generator=torch.Generator().manual_seed(n))
+        assert torch.equal(median_values(x), AGGREGATORS.get("median")(x, f=0).value_D)
 
 
 def test_rank_features_zero_for_exchangeable_extremes():

@@ -42,7 +42,7 @@ from trustworthy_dl.aggregation import _native_sort as native_sort
 from trustworthy_dl.aggregation._parallel import map_column_chunks
 from trustworthy_dl.aggregation._rows import Rows
 
-__all__ = ["bulyan_coordinates", "coordinate_median", "trimmed_mean_coordinates"]
+__all__ = ["bulyan_coordinates", "coordinate_median", "median_values", "trimmed_mean_coordinates"]
 
 #: Columns per block: about 1M values per block, 16K-64K columns (M + 1 rows of them stay in the
 #: L2/L3 caches; larger blocks amortise the ~1 us cost of each op).
@@ -362,6 +362,29 @@ def coordinate_median(rows: Rows, *, block: int | None = None) -> tuple[Tensor, 
 
     out, counts, kernel = _run(rows, plan, reduce, block=block, middle=(lo_w, hi_w))
     return out, _shares(counts), kernel
+
+
+#: ``median_values`` runs the native kernel from this many columns (each M compiles its own plan).
+MEDIAN_VALUES_MIN_COLUMNS = 4096
+
+
+def median_values(X: Tensor) -> Tensor:
+    """The coordinate-wise median of the rows of ``X`` alone (no shares, no checks): for callers
+    such as the stage-1 detector that need only the values. Uses the native kernel from
+    :data:`MEDIAN_VALUES_MIN_COLUMNS` columns (bitwise the torch path's values)."""
+    n, D = X.shape
+    if (
+        X.device.type == "cpu"
+        and X.dtype == torch.float32
+        and X.stride(1) == 1
+        and D >= MEDIAN_VALUES_MIN_COLUMNS
+    ):
+        kern = _native_kernel(median_plan(n), (n - 1) // 2, n // 2)
+        if kern is not None:
+            out = torch.empty(D, dtype=X.dtype)
+            map_column_chunks(lambda s, e: kern(X, out, s, e), D, sort_block(n), X.device)
+            return out
+    return coordinate_median(Rows(X, None, rule="median"))[0]
 
 
 def trimmed_mean_coordinates(rows: Rows, f: int, *, block: int | None = None) -> tuple[Tensor, Tensor, str]:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trustworthy_dl.aggregation import AGGREGATORS
+from trustworthy_dl.aggregation._sortnet import median_values
 from trustworthy_dl.aggregation.sharding import reduce_partial, shard_columns
 from trustworthy_dl.security.base import DETECTION_METHODS, MethodResult, json_list, robust_z
 
@@ -90,7 +90,7 @@ def _cosine(x_Nd: Tensor, norms_N: Tensor, reference_d: Tensor | None, populatio
     if reference_d is None:
         pop_Md = x_Nd if population_N is None else x_Nd[population_N]
         # the library's coordinate-wise median (a sorting network, 2x faster than torch.median)
-        ref_d = AGGREGATORS.get("median")(pop_Md.float(), f=0).value_D.to(torch.float64)
+        ref_d = median_values(pop_Md.float()).to(torch.float64)
     else:
         ref_d = reference_d.to(torch.float64)
     if shard_columns() is None:

@@ -14,14 +14,17 @@ Legend: N nodes, d coordinates.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from trustworthy_dl.aggregation._parallel import map_column_chunks
 from trustworthy_dl.aggregation.sharding import reduce_partial, shard_columns
 
-__all__ = ["average_ranks", "rank_features", "rank_moments"]
+__all__ = ["average_ranks", "rank_features", "rank_moments", "signed_rank_sums"]
 
 
 def average_ranks(x_Nd: Tensor) -> Tensor:
@@ -61,30 +64,49 @@ def average_ranks(x_Nd: Tensor) -> Tensor:
     return ((lo + hi + 1).to(torch.float32) * 0.5).t()
 
 
+def signed_rank_sums(x_Nd: Tensor) -> tuple[Tensor, Tensor]:
+    """Per node, the exact sums over columns of ``a = 2 rank - (N + 1)`` and of ``a^2`` (float64, N each).
+
+    ``a_i = sum_j sign(x_i - x_j)`` is an integer, so both sums are exact (any order, any number
+    of threads). On CPU float32 input the native kernel (``_native_ranks``) computes them without
+    the (N, d) rank matrix; otherwise they come from :func:`average_ranks`. Both give the same values.
+    """
+    n, d = x_Nd.shape
+    kern = _rank_kernel() if n <= 4096 and x_Nd.device.type == "cpu" and x_Nd.dtype == torch.float32 else None
+    if kern is not None and d > 0:
+        x = x_Nd if x_Nd.stride(1) == 1 else x_Nd.contiguous()
+        block = max(256, (1 << 22) // max(n * n, 1) // 256 * 256)  # ~4M comparisons per chunk
+        parts = map_column_chunks(lambda s, e: kern(x, s, e), d, block, x.device)
+        s1 = torch.stack([p[0] for p in parts]).sum(0)
+        s2 = torch.stack([p[1] for p in parts]).sum(0)
+        return s1.to(torch.float64), s2.to(torch.float64)
+    a_Nd = average_ranks(x_Nd).to(torch.float64) * 2 - (n + 1)  # exact: ranks are halves
+    return a_Nd.sum(dim=1), a_Nd.square().sum(dim=1)
+
+
+@functools.cache
+def _rank_kernel() -> Callable[[Tensor, int, int], tuple[Tensor, Tensor]] | None:
+    from trustworthy_dl.security._native_ranks import rank_sums_kernel
+
+    return rank_sums_kernel()
+
+
 def rank_moments(x_Nd: Tensor, *, correction: int = 0) -> tuple[Tensor, Tensor]:
     """Each node's mean and standard deviation of its coordinate ranks (float64, N each).
 
     ``correction`` 0: population std; 1: sample std (the paper's). In a sharded round the
-    moments are over every process's coordinates.
+    moments are over every process's coordinates. Computed from the exact sums of
+    :func:`signed_rank_sums`: mean rank = (mean a + N + 1) / 2, rank variance = var(a) / 4.
     """
     n = x_Nd.shape[0]
-    ranks_Nd = average_ranks(x_Nd).to(torch.float64)
-    if shard_columns() is None:
-        d = ranks_Nd.shape[1]
-        return ranks_Nd.mean(dim=1), ranks_Nd.std(dim=1, correction=correction if d > correction else 0)
-    sums = reduce_partial(
-        torch.stack(
-            [
-                ranks_Nd.sum(dim=1),
-                ranks_Nd.square().sum(dim=1),
-                torch.full((n,), float(ranks_Nd.shape[1]), dtype=torch.float64),
-            ]
-        )
-    )
-    d_N = sums[2]
-    mean_N = sums[0] / d_N
-    var_N = (sums[1] - d_N * mean_N.square()).clamp(min=0) / (d_N - correction).clamp(min=1)
-    return mean_N, var_N.sqrt()
+    s1_N, s2_N = signed_rank_sums(x_Nd)
+    d_N = torch.full((n,), float(x_Nd.shape[1]), dtype=torch.float64)
+    if shard_columns() is not None:
+        s1_N, s2_N, d_N = reduce_partial(torch.stack([s1_N, s2_N, d_N]))
+    d_N = d_N.clamp(min=1)
+    m_N = s1_N / d_N
+    var_N = (s2_N / d_N - m_N.square()).clamp(min=0) * d_N / (d_N - correction).clamp(min=1) / 4
+    return (m_N + (n + 1)) / 2, var_N.sqrt()
 
 
 def rank_features(x_Nd: Tensor) -> Tensor:

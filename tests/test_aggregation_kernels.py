@@ -448,3 +448,37 @@ def test_native_materialize_matches_the_gemm(monkeypatch: pytest.MonkeyPatch) ->
     assert torch.isfinite(native).all()
     torch.testing.assert_close(native, reference, rtol=1e-6, atol=1e-6)
     assert torch.equal(native[3], native[1])
+
+
+_COMPILED_CHECK = """
+import sys, torch
+from trustworthy_dl.aggregation import get_aggregator
+X = torch.randn(5, 3001, generator=torch.Generator().manual_seed(5))
+X[1, 7], X[2, 9], X[3, 11] = float("nan"), float("inf"), -float("inf")
+res = {r: get_aggregator(r, f=1)(X) for r in ("median", "trimmed_mean")}
+torch.save({r: (v.value_D, v.weights_N, v.info["kernel"]) for r, v in res.items()}, sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_compiled_sorting_networks_equal_the_torch_path_bitwise(tmp_path: Path) -> None:
+    """TDL_COMPILE=1 runs median and trimmed mean through torch.compile: same values and shares."""
+    out = {}
+    for flag in ("1", "0"):
+        env = dict(
+            os.environ, TDL_COMPILE=flag, TDL_NATIVE="0", TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "ind")
+        )
+        path = tmp_path / f"out-{flag}.pt"
+        proc = subprocess.run(
+            [sys.executable, "-c", _COMPILED_CHECK, str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[flag] = torch.load(path)
+    for rule in ("median", "trimmed_mean"):
+        (v1, w1, k1), (v0, w0, k0) = out["1"][rule], out["0"][rule]
+        assert (k1, k0) == ("compiled", "torch")
+        assert torch.equal(v1, v0) and torch.equal(w1, w0), rule

@@ -20,8 +20,9 @@ at most f values at either end of every column, which the statistic trims away.
 The aggregate's per-node weights are measured on a sample of column blocks: the share of sampled
 coordinates in which each row is among the kept values (an approximation, reported as such).
 
-On CPU, median and trimmed mean (a mean of middle wires) over wide inputs run the same plan as a
-native kernel (``_native_sort``: the plan compiled to straight-line C, values in registers, one read of
+With ``TDL_COMPILE=1`` median and trimmed mean run the plan through ``torch.compile`` instead
+(``_compiled``: one fused loop, CPU or GPU, bitwise the same values). Otherwise, on CPU, median and
+trimmed mean (a mean of middle wires) over wide inputs run the same plan as a native kernel (``_native_sort``: the plan compiled to straight-line C, values in registers, one read of
 the data) when it can be built; the torch path below serves everything else (GPU, float64,
 Bulyan, narrow inputs) and computes bitwise the same values.
 
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from trustworthy_dl.aggregation import _compiled as compiled
 from trustworthy_dl.aggregation import _native as native_build
 from trustworthy_dl.aggregation import _native_sort as native_sort
 from trustworthy_dl.aggregation._parallel import map_column_chunks
@@ -212,6 +214,10 @@ def _run(
         if bool(torch.equal(torch.diag(d), coef_t)):
             diag = d.contiguous()
 
+    if middle is not None and idx is None and coef_t is None and compiled.enabled():
+        value = compiled.middle_mean(plan.ops, plan.wire_row, *middle, X)
+        if value is not None:
+            return value, _sample_counts(X, None, None, None, plan, reduce, sampled, B), "compiled"
     kern = _native(plan, middle, X) if middle is not None and idx is None else None
     if kern is not None:
 
@@ -346,7 +352,7 @@ def _shares(counts: Tensor) -> Tensor:
 def coordinate_median(rows: Rows, *, block: int | None = None) -> tuple[Tensor, Tensor, str]:
     """Coordinate-wise median of the rows (mean of the two middle values for even M).
 
-    Returns (median_D, shares_M, kernel used: "native" or "torch").
+    Returns (median_D, shares_M, kernel used: "compiled", "native" or "torch").
     """
     n = rows.n
     plan = median_plan(n)
@@ -390,7 +396,7 @@ def median_values(X: Tensor) -> Tensor:
 def trimmed_mean_coordinates(rows: Rows, f: int, *, block: int | None = None) -> tuple[Tensor, Tensor, str]:
     """Coordinate-wise mean after dropping the f lowest and f highest values (2f < M).
 
-    Returns (value_D, shares_M, kernel used: "native" or "torch").
+    Returns (value_D, shares_M, kernel used: "compiled", "native" or "torch").
     """
     n = rows.n
     plan = trimmed_plan(n, f)

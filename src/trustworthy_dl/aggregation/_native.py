@@ -1,10 +1,12 @@
 """Building the native CPU kernels: C sources compiled on first use, cached, loaded through ctypes.
 
 The kernels themselves: ``_native_sort.py`` (sorting networks: median, trimmed mean, Bulyan),
-``_native_gram.py`` (the centred Gram matrix) and ``_native_mix.py`` (mixing rows). Each C source
+``_native_gram.py`` (the centred Gram matrix), ``_native_mix.py`` (mixing rows) and
+``security/_native_ranks.py`` (stage 1's rank sums). Each C source
 is compiled with ``$CC`` (default ``cc``) ``-O3 -march=$TDL_NATIVE_MARCH`` (default ``native``; the
-sources are portable C with vector extensions, x86 intrinsics and asm only behind ``__AVX512F__``,
-and a test builds them for baseline x86-64 and x86-64-v3 too) into a per-user cache,
+sources are portable C with vector extensions, x86 intrinsics and asm only behind ``__AVX512F__``;
+tests build them for baseline x86-64 and x86-64-v3, and for aarch64 run under qemu-user) into a
+per-user cache,
 ``$TDL_CACHE_DIR`` (default ``~/.cache/trustworthy_dl``) ``/kernels-u<uid>``, keyed by source,
 flags and CPU. Concurrent builds are safe (atomic rename). The cache directory is created with
 mode 0700, and a library is loaded only if the directory and the file belong to the current user

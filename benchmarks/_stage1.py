@@ -40,7 +40,8 @@ ATTACKS: dict[str, tuple[str, dict, bool]] = {
 }
 
 # what each reported "method" runs: the default stage 1 and each method alone, and the rank test
-# with the norm as a third feature (``with_norm``), alone and with distance
+# with the norm (``with_norm``) or the Krum score (``with_krum``) as a third feature, alone and
+# with distance
 METHODS: dict[str, tuple[str, ...]] = {
     "default": ("mandera", "distance"),
     "mandera": ("mandera",),
@@ -48,10 +49,14 @@ METHODS: dict[str, tuple[str, ...]] = {
     "mandera_paper": ("mandera_paper",),
     "mandera_norm": ("mandera",),
     "default_norm": ("mandera", "distance"),
+    "mandera_krum": ("mandera",),
+    "default_krum": ("mandera", "distance"),
 }
 METHOD_PARAMS: dict[str, dict] = {
     "mandera_norm": {"mandera": {"with_norm": True}},
     "default_norm": {"mandera": {"with_norm": True}},
+    "mandera_krum": {"mandera": {"with_krum": True}},
+    "default_krum": {"mandera": {"with_krum": True}},
 }
 
 

@@ -41,7 +41,7 @@ from trustworthy_dl.aggregation._sortnet import median_values
 from trustworthy_dl.aggregation.sharding import reduce_partial, shard_columns
 from trustworthy_dl.security.base import DETECTION_METHODS, MethodResult, json_list, robust_z
 
-__all__ = ["DEFAULT_THRESHOLDS", "DISTANCE_SCORES", "distance", "distance_statistics"]
+__all__ = ["DEFAULT_THRESHOLDS", "DISTANCE_SCORES", "distance", "distance_statistics", "krum_log_scores"]
 
 DISTANCE_SCORES = ("cosine", "norm", "krum", "collusion")
 # Smallest robust scale of each statistic: below it honest agreement is "perfect" and we must
@@ -69,21 +69,34 @@ def distance_statistics(
         f: Byzantine nodes assumed by the Krum score (n - f - 2 neighbours); None uses N // 4.
         population_N: bool mask of the rows the default reference is the median of (default all).
     """
-    n = x_Nd.shape[0]
     x = x_Nd.to(torch.float64)
-    gram_NN = reduce_partial(x @ x.t())  # sharded round: over every process's coordinates
-    sq_N = gram_NN.diagonal()
-    d2_NN = (sq_N[:, None] + sq_N[None, :] - 2 * gram_NN).clamp(min=0)
-    d2_NN.fill_diagonal_(float("inf"))
-    f_eff = n // 4 if f is None else f
-    k = min(max(n - f_eff - 2, 1), n - 1)
-    nearest_Nk = d2_NN.topk(k, dim=1, largest=False).values
+    sq_N, nearest_Nk = _nearest(x, f)
     return {
         "cosine": _cosine(x, sq_N.sqrt(), reference_d, population_N),
         "norm": sq_N.clamp(min=_TINY).log() / 2,
         "krum": nearest_Nk.sum(dim=1).clamp(min=_TINY).log(),
         "collusion": nearest_Nk[:, 0].clamp(min=_TINY).log() / 2,
     }
+
+
+def _nearest(x_Nd: Tensor, f: int | None) -> tuple[Tensor, Tensor]:
+    """Squared norms (N,) and the squared distances to the n - f - 2 nearest other rows (N, k),
+    from one float64 Gram matrix (``x_Nd`` float64; sharded: summed over every process's columns)."""
+    n = x_Nd.shape[0]
+    gram_NN = reduce_partial(x_Nd @ x_Nd.t())
+    sq_N = gram_NN.diagonal()
+    d2_NN = (sq_N[:, None] + sq_N[None, :] - 2 * gram_NN).clamp(min=0)
+    d2_NN.fill_diagonal_(float("inf"))
+    f_eff = n // 4 if f is None else f
+    k = min(max(n - f_eff - 2, 1), n - 1)
+    return sq_N, d2_NN.topk(k, dim=1, largest=False).values
+
+
+def krum_log_scores(x_Nd: Tensor, f: int | None = None) -> Tensor:
+    """Each row's log Krum score (float64, N): the log of its summed squared distances to its
+    n - f - 2 nearest other rows (f: None uses N // 4), as in :func:`distance_statistics`."""
+    _, nearest_Nk = _nearest(x_Nd.to(torch.float64), f)
+    return nearest_Nk.sum(dim=1).clamp(min=_TINY).log()
 
 
 def _cosine(x_Nd: Tensor, norms_N: Tensor, reference_d: Tensor | None, population_N: Tensor | None) -> Tensor:

@@ -51,6 +51,7 @@ from torch import Tensor
 
 from trustworthy_dl.aggregation.sharding import reduce_partial
 from trustworthy_dl.security.base import DETECTION_METHODS, MAD_SCALE, MethodResult, json_list
+from trustworthy_dl.security.distance import krum_log_scores
 from trustworthy_dl.security.kmeans2 import two_means_batched
 from trustworthy_dl.security.ranks import rank_features
 
@@ -124,13 +125,20 @@ def separation_null(n: int, draws: int, alpha: float, dims: int = 2) -> float:
 
 
 def warm_null(
-    n: int, *, alpha: float = 1e-2, null_draws: int = 2000, with_norm: bool = False, **_: Any
+    n: int,
+    *,
+    alpha: float = 1e-2,
+    null_draws: int = 2000,
+    with_norm: bool = False,
+    with_krum: bool = False,
+    **_: Any,
 ) -> None:
     """Simulate (and cache) the null quantiles :func:`mandera` will need for N nodes, ahead of
     the first round (``_`` takes the method's other parameters)."""
     if n >= 3:
-        separation_null(n, null_draws, alpha, 3 if with_norm else 2)
-        separation_null(n, null_draws, 0.5, 3 if with_norm else 2)
+        dims = 2 + int(with_norm) + int(with_krum)
+        separation_null(n, null_draws, alpha, dims)
+        separation_null(n, null_draws, 0.5, dims)
 
 
 def duplicated_rows(feats_NF: Tensor, decimals: int = 9) -> Tensor:
@@ -151,6 +159,7 @@ def mandera(
     starts: int = 4,
     seed: int = 0,
     with_norm: bool = False,
+    with_krum: bool = False,
 ) -> MethodResult:
     """Flag the smaller 2-means group of rank features when the split is significant.
 
@@ -169,6 +178,10 @@ def mandera(
             norm, each in units of its robust spread across nodes (1.4826 x MAD): a node whose
             rank profile and norm both stray a little (sign flip x3 of a noisy gradient) stands
             further apart than on either (README: "Stage-1 detection in MANDERA's setting").
+        with_krum: also cluster on the log Krum score (the summed squared distances to the
+            n - n // 4 - 2 nearest other rows), in the same robust units: a node far from every
+            honest neighbourhood (a non-colluding sign flip of a noisy gradient) moves on it by
+            3-10 robust spreads where the rank features move by 2-6.
 
     Returns:
         flags_N for the nodes beyond the groups' boundary on the smaller group's side when the
@@ -196,16 +209,26 @@ def mandera(
     if copies > 0 and 2 * copies < n:
         rest = torch.nonzero(~dup_N).flatten()
         sub = mandera(
-            x_Nd[rest], alpha=alpha, null_draws=null_draws, starts=starts, seed=seed, with_norm=with_norm
+            x_Nd[rest],
+            alpha=alpha,
+            null_draws=null_draws,
+            starts=starts,
+            seed=seed,
+            with_norm=with_norm,
+            with_krum=with_krum,
         )
         flags_N[rest], scores_N[rest] = sub.flags_N, sub.scores_N
         flags_N[dup_N], scores_N[dup_N] = True, math.inf
         info.update(duplicates=torch.nonzero(dup_N).flatten().tolist(), rest=sub.info)
         return MethodResult(flags_N, scores_N, info)
     pts_NF = feats_N2  # the points that are split
+    extra = []
     if with_norm:
-        log_norm_N = reduce_partial(x_Nd.double().square().sum(dim=1)).clamp(min=1e-300).log() / 2
-        raw_NF = torch.cat([feats_N2, log_norm_N[:, None]], dim=1)
+        extra.append(reduce_partial(x_Nd.double().square().sum(dim=1)).clamp(min=1e-300).log() / 2)
+    if with_krum:
+        extra.append(krum_log_scores(x_Nd))
+    if extra:
+        raw_NF = torch.cat([feats_N2, torch.stack(extra, dim=1)], dim=1)
         centre_F = raw_NF.median(dim=0).values
         spread_F = MAD_SCALE * (raw_NF - centre_F).abs().median(dim=0).values
         pts_NF = (raw_NF - centre_F) / spread_F.clamp(min=1e-12)

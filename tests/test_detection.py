@@ -360,3 +360,19 @@ def test_sample_coords():
     assert idx is not None and idx.numel() == 30 and idx.unique().numel() == 30
     big = sample_coords(10**7, 1000, g)
     assert big is not None and bool((big[1:] >= big[:-1]).all()) and int(big.max()) < 10**7
+
+
+def test_two_means_numpy_lloyd_gives_the_torch_labels(monkeypatch):
+    """A round's small split runs its Lloyd iterations in numpy: same labels as the torch path."""
+    from trustworthy_dl.security import kmeans2
+
+    g = torch.Generator().manual_seed(11)
+    for i in range(100):
+        n, f = int(torch.randint(3, 70, (1,), generator=g)), int(torch.randint(2, 5, (1,), generator=g))
+        p = torch.randn(n, f, generator=g, dtype=torch.float64)
+        p[: n // 4] += 3 * torch.rand(f, generator=g, dtype=torch.float64)
+        fast = two_means(p, seed=i)
+        with monkeypatch.context() as m:
+            m.setattr(kmeans2, "_NUMPY_MAX_POINTS", 0)
+            slow = two_means(p, seed=i)
+        assert torch.equal(fast[0], slow[0]) and fast[1] == pytest.approx(slow[1], rel=1e-12)

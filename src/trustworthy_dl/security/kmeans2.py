@@ -84,8 +84,11 @@ def two_means_batched(
     if init_BSF2 is not None:
         centres_BS2F = torch.cat([centres_BS2F, init_BSF2], dim=1)
     if b * centres_BS2F.shape[1] * n <= _NUMPY_MAX_POINTS:  # one round's split: numpy's small ops
-        labels_np, w_np = _lloyd_numpy(points_BNF.numpy(), centres_BS2F.numpy(), iters)
-        return torch.from_numpy(labels_np), torch.from_numpy(w_np)
+        labels_np, w_np = _lloyd_numpy(
+            points_BNF.detach().cpu().numpy(), centres_BS2F.detach().cpu().numpy(), iters
+        )
+        dev = points_BNF.device
+        return torch.from_numpy(labels_np).to(dev), torch.from_numpy(w_np).to(dev)
     s = centres_BS2F.shape[1]
     pts_BSNF = points_BNF[:, None].expand(b, s, n, f)
     total_BSF = pts_BSNF.sum(2)

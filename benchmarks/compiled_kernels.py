@@ -91,7 +91,10 @@ def main() -> None:
                     row[f"{path} ms"] = round(r["median_s"] * 1e3, 2)
                     row[f"{path} first s"] = round(r["first_s"], 2)
                     row[f"{path} kernel"] = r["kernel"]
-                    row[f"{path} bitwise = torch"] = bool(torch.equal(r["value"], got["torch"]["value"]))
+                    same_bits = torch.equal(
+                        r["value"].view(torch.int32), got["torch"]["value"].view(torch.int32)
+                    )
+                    row[f"{path} bitwise = torch"] = bool(same_bits)  # -0.0 != 0.0, NaN payloads too
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     cols = ["rule", "num_nodes", "dim", "torch ms", "native ms", "compiled ms", "compiled first s",

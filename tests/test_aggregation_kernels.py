@@ -482,3 +482,24 @@ def test_compiled_sorting_networks_equal_the_torch_path_bitwise(tmp_path: Path) 
         (v1, w1, k1), (v0, w0, k0) = out["1"][rule], out["0"][rule]
         assert (k1, k0) == ("compiled", "torch")
         assert torch.equal(v1, v0) and torch.equal(w1, w0), rule
+
+
+def test_compiled_networks_are_one_code_object_per_plan_and_exact_when_run_eagerly() -> None:
+    """torch.compile keeps 8 graphs per code object: each plan gets its own generated function
+    (a shared closure stopped compiling after eight plans). Run eagerly they give the torch path's values."""
+    from trustworthy_dl.aggregation import _compiled
+
+    runs = []
+    g = _gen(5)
+    for n in range(3, 14):
+        for plan, lo, hi, f in [
+            (median_plan(n), (n - 1) // 2, n // 2, None),
+            (trimmed_plan(n, 1), 1, n - 2, 1),
+        ]:
+            run = _compiled._network(plan.ops, plan.wire_row, lo, hi)
+            runs.append(run)
+            X = torch.randn(n, 777, generator=g)
+            X[0, 3], X[1, 4] = float("nan"), -float("inf")
+            want = coordinate_median(Rows(X))[0] if f is None else trimmed_mean_coordinates(Rows(X), f)[0]
+            assert torch.equal(run(X), want), (n, f)
+    assert len({id(r.__code__) for r in runs}) == len(runs) == 2 * 11  # distinct code objects

@@ -38,21 +38,26 @@ def enabled() -> bool:
 
 
 def _network(ops: tuple[Op, ...], wire_row: tuple[int, ...], lo: int, hi: int) -> Callable[[Tensor], Tensor]:
-    """The plan as one function of the (M, D) rows: the mean of the middle wires lo..hi."""
-    scale = 1.0 / (hi - lo + 1)
-
-    def run(X: Tensor) -> Tensor:
-        inf = float("inf")
-        X = torch.nan_to_num(X, nan=inf, posinf=inf, neginf=-inf)  # as the torch path copies blocks in
-        rows = [*X.unbind(0), X[0]]  # the spare row's first value is never read
-        for fn, a, b, out in ops:
-            rows[out] = fn(rows[a], rows[b])
-        acc = rows[wire_row[lo]]
-        for w in range(lo + 1, hi + 1):
-            acc = acc + rows[wire_row[w]]
-        return acc * scale if hi > lo else acc.clone()
-
-    return run
+    """The plan as one straight-line function of the (M, D) rows: the mean of the middle wires
+    lo..hi. Generated from source per plan, so that every plan is its own code object: torch.compile
+    keeps at most ``recompile_limit`` (8) graphs per code object, and one shared closure would stop
+    compiling (``fullgraph``: an error) after eight plans."""
+    m = len(wire_row)
+    lines = [
+        "def run(X):",
+        "    X = torch.nan_to_num(X, nan=INF, posinf=INF, neginf=-INF)",  # as the torch path copies blocks in
+        *(f"    r{i} = X[{i}]" for i in range(m)),
+    ]
+    for fn, a, b, out in ops:
+        lines.append(f"    r{out} = torch.{'minimum' if fn is torch.minimum else 'maximum'}(r{a}, r{b})")
+    mid = [f"r{wire_row[w]}" for w in range(lo, hi + 1)]
+    acc = mid[0]
+    for t in mid[1:]:
+        acc = f"({acc} + {t})"
+    lines.append(f"    return {acc} * {1.0 / len(mid)!r}" if len(mid) > 1 else f"    return {acc}.clone()")
+    namespace: dict[str, object] = {"torch": torch, "INF": float("inf")}
+    exec(compile("\n".join(lines), f"<tdl sorting network m={m} lo={lo} hi={hi}>", "exec"), namespace)
+    return namespace["run"]  # type: ignore[return-value]
 
 
 @functools.cache
@@ -63,14 +68,21 @@ def _compiled(
     return torch.compile(_network(ops, wire_row, lo, hi), dynamic=True, fullgraph=True)
 
 
-_failed: set[tuple[int, str]] = set()
+_failed: set[tuple[object, ...]] = set()
 
 
 def middle_mean(ops: tuple[Op, ...], wire_row: tuple[int, ...], lo: int, hi: int, X: Tensor) -> Tensor | None:
-    """The compiled network's middle mean of ``X`` (M, D), or None when the compile fails (then
-    the caller's next path runs; the failure is warned about once per (plan size, device))."""
-    key = (len(wire_row), X.device.type)
+    """The compiled network's middle mean of ``X`` (M, D), or None when compiling it fails (then
+    the caller's next path runs; each failing (plan, device) is warned about once)."""
+    key = (ops, wire_row, lo, hi, X.device.type)
     if key in _failed:
+        return None
+    try:
+        return _compiled(ops, wire_row, lo, hi, X.device.type)(X)
+    except Exception as err:  # e.g. no working C++ toolchain for Inductor: the next path runs
+        _failed.add(key)
+        msg = f"trustworthy_dl: torch.compile of a sorting network failed ({err!r:.300}); using the next path"
+        warnings.warn(msg, stacklevel=3)
         return None
     try:
         return _compiled(ops, wire_row, lo, hi, X.device.type)(X)

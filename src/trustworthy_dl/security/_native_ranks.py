@@ -73,7 +73,8 @@ int tdl_rank_sums(const float *X, int64_t ld, int32_t n, int64_t s, int64_t e, i
 
 def rank_sums_kernel() -> Callable[[Tensor, int, int], tuple[Tensor, Tensor]] | None:
     """``run(X_Nd, start, stop) -> (s1_N, s2_N)`` (int64) over the columns [start, stop) of a CPU
-    float32 matrix with contiguous columns, or None when native kernels are unavailable."""
+    float32 matrix with contiguous columns and finite values (a NaN would count as a tie), or None
+    when native kernels are unavailable."""
     if not enabled():
         return None
     lib = library(RANK_SOURCE, "rank_sums", EXACT)

@@ -31,6 +31,8 @@ def _kmeanspp_pairs(points_BNF: Tensor, starts: int, generator: torch.Generator)
 #: Up to this many (set, start, point) triples the Lloyd iterations run in numpy: each of its ops on
 #: a few dozen values costs ~1 us against torch's ~5 us, and the observed split of a round (5 starts
 #: of N points) is ~15 such ops per iteration. The null draws (thousands of sets) stay in torch.
+#: Same steps, so the same split, except that sums may round differently in the last bit: when two
+#: starts end in splits of equal inertia (ties, e.g. rounded points) either may be kept (tested).
 _NUMPY_MAX_POINTS = 4096
 
 

@@ -7,7 +7,7 @@ on CPU, Triton kernels on GPU), what the native kernel does by hand, with the sa
 the same order, so the values are bitwise those of the torch path (tested,
 NaN and infinities included). Measured on this 2-core CPU (``python benchmarks/compiled_kernels.py``,
 through the aggregator): at N = 16 1.4-2x slower than the eager path and 4-6x slower than the native
-kernel; at N = 64 Inductor cannot keep the rows in registers and it is 1.5-6x slower than eager; the
+kernel; at N = 64 (800-1,000 min / max ops in one graph) it is 1.5-6x slower than eager; the
 first call compiles for 4-40 s (cached on disk by Inductor afterwards). So it is never the default
 on CPU; it exists for GPUs (a Triton kernel instead of one launch per comparator), where it has
 not been measured here (no GPU was lent), which is why it is opt-in there too.

@@ -384,6 +384,20 @@ def test_the_cache_keeps_the_newest_libraries(tmp_path: Path, monkeypatch: pytes
     assert left == ["prune2", "prune3"]
 
 
+def _run_script(script: str, out: Path, **env: str) -> dict:
+    """Run ``script`` (it saves its results to argv[1]) in a fresh interpreter with ``env`` set
+    (our UserWarnings are errors there) and load what it saved."""
+    proc = subprocess.run(
+        [sys.executable, "-W", "error::UserWarning", "-c", script, str(out)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(out)
+
+
 _PORTABLE_CHECK = """
 import sys, torch
 from trustworthy_dl.aggregation import get_aggregator
@@ -405,20 +419,17 @@ def test_kernels_build_and_agree_on_portable_x86_levels(tmp_path: Path, march: s
     """Every kernel compiles for baseline x86-64 and AVX2 (no AVX-512 asm or intrinsics outside
     their guards) and gives the torch path's results: bitwise for the sorting networks, allclose
     for the Gram-based rules."""
-    out = {}
-    for native in ("1", "0"):
-        env = dict(os.environ, TDL_NATIVE=native, TDL_NATIVE_MARCH=march, TDL_CACHE_DIR=str(tmp_path))
-        env["OMP_NUM_THREADS"] = "1"
-        path = tmp_path / f"out-{native}.pt"
-        proc = subprocess.run(
-            [sys.executable, "-W", "error::UserWarning", "-c", _PORTABLE_CHECK, str(path)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
+    out = {
+        native: _run_script(
+            _PORTABLE_CHECK,
+            tmp_path / f"out-{native}.pt",
+            TDL_NATIVE=native,
+            TDL_NATIVE_MARCH=march,
+            TDL_CACHE_DIR=str(tmp_path),
+            OMP_NUM_THREADS="1",
         )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        out[native] = torch.load(path)
+        for native in ("1", "0")
+    }
     assert out["1"]["kernel"] == "native" and out["0"]["kernel"] != "native"
     for r in ("median", "trimmed_mean", "rank_sums"):  # rank sums: exact integers either way
         assert torch.equal(out["1"][r], out["0"][r]), r
@@ -463,21 +474,17 @@ torch.save({r: (v.value_D, v.weights_N, v.info["kernel"]) for r, v in res.items(
 @pytest.mark.slow
 def test_compiled_sorting_networks_equal_the_torch_path_bitwise(tmp_path: Path) -> None:
     """TDL_COMPILE=1 runs median and trimmed mean through torch.compile: same values and shares."""
-    out = {}
-    for flag in ("1", "0"):
-        env = dict(
-            os.environ, TDL_COMPILE=flag, TDL_NATIVE="0", TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "ind")
+    ind = str(tmp_path / "ind")
+    out = {
+        flag: _run_script(
+            _COMPILED_CHECK,
+            tmp_path / f"out-{flag}.pt",
+            TDL_COMPILE=flag,
+            TDL_NATIVE="0",
+            TORCHINDUCTOR_CACHE_DIR=ind,
         )
-        path = tmp_path / f"out-{flag}.pt"
-        proc = subprocess.run(
-            [sys.executable, "-c", _COMPILED_CHECK, str(path)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        out[flag] = torch.load(path)
+        for flag in ("1", "0")
+    }
     for rule in ("median", "trimmed_mean"):
         (v1, w1, k1), (v0, w0, k0) = out["1"][rule], out["0"][rule]
         assert (k1, k0) == ("compiled", "torch")

@@ -4,7 +4,10 @@ For N nodes in {16, 32, 64, 128}: real simulated rounds of the CNN on Fashion-MN
 default defence of ``configs/fmnist_defended.yaml`` (trimmed mean, stage-1 detection, stage-2
 re-computation; no attack) and the same run undefended (security off), each phase's seconds per
 round read from the run's own timings (the first round, a warm-up with every node re-computed,
-excluded). The exponent of each phase in N is the least-squares slope of log(time) on log(N).
+excluded). Each run is repeated ``--repeats`` times (default 3), defended and undefended
+alternating, and each phase's figure is the median over the repeats: this VM's speed drifts by
+10-30% between minutes, which a single pair of runs reads as a defence cost or saving.
+The exponent of each phase in N is the least-squares slope of log(time) on log(N).
 Then the aggregator alone at N = 128 and D = 1.1e7 (ResNet-18 size), median of a few calls.
 
     python benchmarks/scale.py             # prints two tables, writes benchmarks/results/scale.json
@@ -67,11 +70,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--agg-dim", type=float, default=1.1e7)
     ap.add_argument("--agg-nodes", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     ns = [int(x) for x in args.nodes.split(",")]
     rows = []
     for n in ns:
-        d, u = _run(n, args.rounds, True), _run(n, args.rounds, False)
+        runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+        for _ in range(max(args.repeats, 1)):  # alternating, so that drift hits both alike
+            for defended in (False, True):
+                runs[defended].append(_run(n, args.rounds, defended))
+        d, u = (
+            {k: statistics.median(r[k] for r in runs[flag]) for k in runs[flag][0]} for flag in (True, False)
+        )
         # compute-matched: the undefended round plus what the defence adds (the same node work
         # runs in both, so the raw ratio mostly shows compute noise between the two runs)
         added = d["security"] + d["trust"] + d["schedule"]

@@ -133,15 +133,10 @@ def _prune(n: int, needed: set[int], full: bool) -> Plan:
 
 
 def _native(
-    plan: Plan, middle: tuple[int, int], X: Tensor
+    plan: Plan, middle: tuple[int, int], X: Tensor, min_columns: int = native_build.MIN_COLUMNS
 ) -> Callable[[Tensor, Tensor, int, int], None] | None:
     """The plan's native kernel for rows like ``X``, or None (then the torch path runs)."""
-    if (
-        X.device.type != "cpu"
-        or X.dtype != torch.float32
-        or X.stride(1) != 1
-        or X.shape[1] < native_build.MIN_COLUMNS
-    ):
+    if X.device.type != "cpu" or X.dtype != torch.float32 or X.stride(1) != 1 or X.shape[1] < min_columns:
         return None
     return _native_kernel(plan, *middle)
 
@@ -379,18 +374,12 @@ def median_values(X: Tensor) -> Tensor:
     such as the stage-1 detector that need only the values. Uses the native kernel from
     :data:`MEDIAN_VALUES_MIN_COLUMNS` columns (bitwise the torch path's values)."""
     n, D = X.shape
-    if (
-        X.device.type == "cpu"
-        and X.dtype == torch.float32
-        and X.stride(1) == 1
-        and D >= MEDIAN_VALUES_MIN_COLUMNS
-    ):
-        kern = _native_kernel(median_plan(n), (n - 1) // 2, n // 2)
-        if kern is not None:
-            out = torch.empty(D, dtype=X.dtype)
-            map_column_chunks(lambda s, e: kern(X, out, s, e), D, sort_block(n), X.device)
-            return out
-    return coordinate_median(Rows(X, None, rule="median"))[0]
+    kern = _native(median_plan(n), ((n - 1) // 2, n // 2), X, min_columns=MEDIAN_VALUES_MIN_COLUMNS)
+    if kern is None:
+        return coordinate_median(Rows(X, None, rule="median"))[0]
+    out = torch.empty(D, dtype=X.dtype)
+    map_column_chunks(lambda s, e: kern(X, out, s, e), D, sort_block(n), X.device)
+    return out
 
 
 def trimmed_mean_coordinates(rows: Rows, f: int, *, block: int | None = None) -> tuple[Tensor, Tensor, str]:

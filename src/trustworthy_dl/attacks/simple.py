@@ -107,13 +107,9 @@ class Constant(UpdateAttack):
     value: float = -100.0
 
     def __post_init__(self) -> None:
-        if (
-            not isinstance(self.value, (int, float))
-            or isinstance(self.value, bool)
-            or not math.isfinite(self.value)
-        ):
+        self.value = check_float("value", self.value)
+        if not math.isfinite(self.value):
             raise ValueError(f"value must be a finite number, got {self.value!r}")
-        self.value = float(self.value)
 
     def __call__(
         self,

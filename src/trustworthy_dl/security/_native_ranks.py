@@ -96,7 +96,7 @@ def rank_sums_kernel() -> Callable[[Tensor, int, int], tuple[Tensor, Tensor]] | 
         n = X_Nd.shape[0]
         if X_Nd.dtype != torch.float32 or X_Nd.device.type != "cpu" or X_Nd.stride(1) != 1 or n > MAX_NODES:
             raise ValueError(
-                "native rank kernel: needs at most 4096 CPU float32 rows with contiguous columns"
+                f"native rank kernel: needs at most {MAX_NODES} CPU float32 rows with contiguous columns"
             )
         s1 = torch.zeros(n, dtype=torch.int64)
         s2 = torch.zeros(n, dtype=torch.int64)

@@ -23,7 +23,7 @@ from trustworthy_dl.aggregation._checks import NonNegInt, require
 from trustworthy_dl.aggregation._rows import Rows, as_rows
 from trustworthy_dl.aggregation._sortnet import bulyan_coordinates
 from trustworthy_dl.aggregation.base import AGGREGATORS, AggResult
-from trustworthy_dl.aggregation.krum import krum_scores
+from trustworthy_dl.aggregation.krum import krum_scores, tied_with
 
 __all__ = ["bulyan", "iterated_krum"]
 
@@ -43,10 +43,10 @@ def iterated_krum(sq_dists_MM: Tensor, far_M: Tensor, f: int, theta: int) -> Ten
         idx = torch.tensor(pool, device=sq_dists_MM.device)
         sub = d_all.index_select(0, idx).index_select(1, idx)
         scores = krum_scores(sub, far_M[idx], f)
-        tied = scores == scores.min()
+        tied = tied_with(scores, scores.min())
         if int(tied.sum()) > 1:
             second = sub.sum(1).masked_fill(~tied, float("inf"))
-            pick = int(torch.argmin(second))
+            pick = int(tied_with(second, second.min()).nonzero()[0])  # near-equal sums: the lower index
         else:
             pick = int(torch.argmin(scores))
         best = pool[pick]

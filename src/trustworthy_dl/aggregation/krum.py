@@ -30,12 +30,25 @@ __all__ = ["boundary_shares", "krum", "krum_scores", "multi_krum"]
 _BIG = 1e300
 
 
+#: Scores this close (relative) count as tied. Mixed rows (NNM) are often few distinct points, whose
+#: mathematically equal scores come out of the Gram algebra a few ulps apart, in an order that
+#: depends on the order of the nodes; real score differences are many orders above this.
+TIE_RTOL = 1e-9
+
+
+def tied_with(scores_M: Tensor, value: Tensor) -> Tensor:
+    """(M,) bool: the scores equal to ``value`` up to :data:`TIE_RTOL` (exactly, for inf)."""
+    if not bool(torch.isfinite(value)):
+        return scores_M == value
+    return (scores_M - value).abs() <= TIE_RTOL * value.abs()
+
+
 def boundary_shares(scores_M: Tensor, m: int) -> Tensor:
     """(M,) float64 in [0, 1]: 1 for the rows strictly among the m lowest scores; rows tied with the
     m-th lowest share the remaining places equally (so ties never depend on the order of nodes)."""
     thr = torch.sort(scores_M).values[m - 1]
-    below = scores_M < thr
-    at = scores_M == thr
+    at = tied_with(scores_M, thr)
+    below = (scores_M < thr) & ~at
     frac = (m - int(below.sum())) / max(1, int(at.sum()))
     return below.to(torch.float64) + at.to(torch.float64) * frac
 
@@ -64,7 +77,7 @@ def krum(updates: Tensor | Rows, weights_N: Tensor | None = None, *, f: NonNegIn
     geo = rows.geometry()
     scores = krum_scores(geo.sq_dists(), geo.far, f)
     best = scores.min()
-    chosen = scores == best if torch.isfinite(best) else ~geo.far
+    chosen = tied_with(scores, best) if torch.isfinite(best) else ~geo.far
     e = chosen.to(torch.float64) / chosen.sum()
     info = {"n": n, "chosen": chosen.nonzero().flatten().tolist(), "score": float(best)}
     return rows.result(rows.combine(e), e, chosen, info)

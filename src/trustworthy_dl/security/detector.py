@@ -42,7 +42,9 @@ class Stage1Result:
         scores_N: float64 combined suspicion, 1.0 at the flag threshold (inf for non-finite rows).
         evidence_N: float64 in [0, 1]: 1.0 for flagged nodes, 0.0 otherwise.
         info: JSON-friendly diagnostics: ``nonfinite`` (node ids), ``flagged_by`` (method ->
-            node ids), ``scores`` (method -> per-node scores), ``num_coords``, ``seconds``.
+            node ids), ``methods`` (method -> its small diagnostics), ``num_coords``,
+            ``seconds``; with ``diagnostics=True`` also ``scores`` (method -> per-node scores)
+            and each method's per-node values (z scores, rank features) under ``methods``.
     """
 
     flags_N: Tensor
@@ -60,6 +62,8 @@ class Stage1Detector:
             (by at least half of them, rounded up).
         num_coords: coordinates sampled per round; None or >= D uses all of them.
         params: per-method keyword arguments, e.g. ``{"distance": {"threshold": 5.0}}``.
+        diagnostics: also log per-node scores and each method's per-node values in ``info``
+            (rounded JSON lists: ~0.2 ms a round at N = 16, more than the rank statistics).
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class Stage1Detector:
         combine: str = "any",
         num_coords: int | None = 100_000,
         params: Mapping[str, Mapping[str, Any]] | None = None,
+        diagnostics: bool = False,
     ) -> None:
         if not methods:
             raise ValueError("Stage1Detector needs at least one method")
@@ -84,6 +89,7 @@ class Stage1Detector:
         self.params = {DETECTION_METHODS.canonical(k): dict(v) for k, v in params.items()}
         self.combine = combine
         self.num_coords = num_coords
+        self.diagnostics = diagnostics
         m = len(self.methods)
         self._needed = {"any": 1, "all": m, "vote": math.ceil(m / 2)}[combine]
 
@@ -129,7 +135,8 @@ class Stage1Detector:
             idx_d = None if g_d is None else g_d[(g_d >= lo) & (g_d < hi)] - lo
             num_coords = full if g_d is None else int(g_d.numel())
         x_Nd = updates_ND if idx_d is None else updates_ND.index_select(1, idx_d.to(updates_ND.device))
-        x_Md = x_Nd[use_N.to(x_Nd.device)].float().cpu()
+        every = bool(use_N.all())  # the usual round: no copy of the rows
+        x_Md = (x_Nd if every else x_Nd[use_N.to(x_Nd.device)]).float().cpu()
         ref_d = None
         if reference_D is not None:
             ref_d = (
@@ -145,22 +152,34 @@ class Stage1Detector:
                 flagged_by[name] = []
                 continue
             res = DETECTION_METHODS.get(name)(x_Md, reference_d=ref_d, **self.params.get(name, {}))
-            flags_N = torch.zeros(n, dtype=torch.bool)
-            flags_N[use_N] = res.flags_N.cpu()
-            scores_KN[k, use_N] = res.scores_N.to(torch.float64).cpu()
-            votes_N += flags_N.long()
+            if every:
+                flags_N = res.flags_N.cpu().bool()
+                scores_KN[k] = res.scores_N.to(torch.float64).cpu()
+            else:
+                flags_N = torch.zeros(n, dtype=torch.bool)
+                flags_N[use_N] = res.flags_N.cpu()
+                scores_KN[k, use_N] = res.scores_N.to(torch.float64).cpu()
+            votes_N += flags_N
             flagged_by[name] = flags_N.nonzero().flatten().tolist()
             method_info[name] = res.info
+            if self.diagnostics:
+                method_info[name] = {**res.info, **{key: _json(v) for key, v in res.per_node.items()}}
         flags_N = (votes_N >= self._needed) | ~finite_N
         # The score that decides the rule: the needed-th largest method score.
         scores_N = scores_KN.sort(dim=0, descending=True).values[self._needed - 1]
         scores_N[~finite_N] = float("inf")
-        info = {
+        info: dict[str, Any] = {
             "nonfinite": (~finite_N).nonzero().flatten().tolist(),
             "flagged_by": flagged_by,
-            "scores": {name: json_list(scores_KN[k], 3) for k, name in enumerate(self.methods)},
             "methods": method_info,
             "num_coords": num_coords,
-            "seconds": time.perf_counter() - t0,
         }
+        if self.diagnostics:
+            info["scores"] = {name: json_list(scores_KN[k], 3) for k, name in enumerate(self.methods)}
+        info["seconds"] = time.perf_counter() - t0
         return Stage1Result(flags_N, scores_N, flags_N.to(torch.float64), info)
+
+
+def _json(values: Tensor) -> list[Any]:
+    """Per-node values (N or N x F) as rounded JSON lists."""
+    return json_list(values, 3) if values.dim() == 1 else [json_list(row) for row in values]

@@ -32,14 +32,13 @@ Legend: N nodes, d sampled coordinates.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from trustworthy_dl.aggregation._sortnet import median_values
 from trustworthy_dl.aggregation.sharding import reduce_partial, shard_columns
-from trustworthy_dl.security.base import DETECTION_METHODS, MethodResult, json_list, robust_z
+from trustworthy_dl.security.base import DETECTION_METHODS, MethodResult, robust_z
 
 __all__ = ["DEFAULT_THRESHOLDS", "DISTANCE_SCORES", "distance", "distance_statistics", "krum_log_scores"]
 
@@ -140,7 +139,7 @@ def distance(
         passes: how many times the reference population may be re-estimated.
 
     Returns:
-        flags_N, scores_N = max over statistics of z / threshold, and the z values in ``info``.
+        flags_N, scores_N = max over statistics of z / threshold, and the z values in ``per_node``.
     """
     unknown = [s for s in scores if s not in DISTANCE_SCORES]
     unknown += [s for s in {**(thresholds or {}), **(floors or {})} if s not in DISTANCE_SCORES]
@@ -167,5 +166,4 @@ def distance(
         if bool((keep_N == population_N).all()) or 2 * int(keep_N.sum()) <= n:
             break
         population_N = keep_N
-    info: dict[str, Any] = {f"z_{s}": json_list(zs, 3) for s, zs in z.items()}
-    return MethodResult(ratio_N > 1.0, ratio_N, info)
+    return MethodResult(ratio_N > 1.0, ratio_N, {}, {f"z_{s}": zs for s, zs in z.items()})

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trustworthy_dl.security.base import DETECTION_METHODS, MethodResult, json_list
+from trustworthy_dl.security.base import DETECTION_METHODS, MethodResult
 from trustworthy_dl.security.ranks import rank_moments
 
 __all__ = ["duplicated_count", "mandera_paper"]
@@ -72,10 +72,10 @@ def mandera_paper(
     n = x_Nd.shape[0]
     mean_N, std_N = rank_moments(x_Nd, correction=1)
     feats_N2 = torch.stack([mean_N, std_N], dim=1)
-    info: dict[str, Any] = {"features": [json_list(row) for row in feats_N2]}
+    per_node = {"features": feats_N2}
     flags_N = torch.zeros(n, dtype=torch.bool)
     if n < 3 or len(torch.unique(feats_N2, dim=0)) < 2:
-        return MethodResult(flags_N, flags_N.to(torch.float64), {**info, "flagged_cluster": None})
+        return MethodResult(flags_N, flags_N.to(torch.float64), {"flagged_cluster": None}, per_node)
     km = KMeans(n_clusters=2, init="k-means++", n_init=n_init, random_state=seed)
     labels_N = torch.as_tensor(km.fit_predict(feats_N2.numpy()), dtype=torch.int64)
     spread_N = torch.round(std_N, decimals=decimals)
@@ -86,5 +86,5 @@ def mandera_paper(
     else:
         bad = 0 if sizes[0] < sizes[1] else 1  # equal sizes: cluster 0 (the paper leaves it open)
     flags_N = labels_N == bad
-    info.update(cluster_sizes=sizes, duplicated=dups, flagged_cluster=bad)
-    return MethodResult(flags_N, flags_N.to(torch.float64) * 2.0, info)
+    info: dict[str, Any] = {"cluster_sizes": sizes, "duplicated": dups, "flagged_cluster": bad}
+    return MethodResult(flags_N, flags_N.to(torch.float64) * 2.0, info, per_node)

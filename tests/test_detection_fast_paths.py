@@ -1,0 +1,67 @@
+"""Stage 1's small-N fast paths give bit-identical results to the torch formulas they replace."""
+
+from __future__ import annotations
+
+import torch
+
+from trustworthy_dl.security.base import MAD_SCALE, robust_z
+from trustworthy_dl.security.detector import Stage1Detector
+from trustworthy_dl.security.mandera import all_rows_equal, duplicated_rows
+
+
+def _robust_z_torch(values_N, floor, population_N=None):  # the formula robust_z documents
+    pop = torch.unique(values_N if population_N is None else values_N[population_N])
+    med = pop.median()
+    return (values_N - med) / torch.clamp(MAD_SCALE * (pop - med).abs().median(), min=floor)
+
+
+def test_robust_z_numpy_path_is_bitwise_the_torch_formula():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(300):
+        n = int(torch.randint(3, 70, (), generator=g))
+        v = torch.randn(n, generator=g, dtype=torch.float64) * 10 ** float(
+            torch.randint(-6, 4, (), generator=g)
+        )
+        if trial % 3 == 0:  # repeated values (colluding rows) and signed zeros
+            v[: n // 3] = v[n - 1]
+            v[n // 2] = -0.0
+        pop = torch.rand(n, generator=g) < 0.8 if trial % 2 else None
+        if pop is not None and not pop.any():
+            pop[0] = True
+        floor = [0.0, 1e-3, 0.5][trial % 3]
+        ref = _robust_z_torch(v, floor, pop)
+        for side, want in (("both", ref.abs()), ("high", ref.clamp(min=0)), ("low", (-ref).clamp(min=0))):
+            got = robust_z(v, floor=floor, side=side, population_N=pop)
+            assert got.dtype == torch.float64
+            assert torch.allclose(got, want, rtol=0, atol=0, equal_nan=True), (trial, side)
+
+
+def test_robust_z_non_finite_population_keeps_the_torch_semantics():
+    v = torch.tensor([1.0, 2.0, float("inf"), 3.0], dtype=torch.float64)
+    assert torch.equal(robust_z(v, floor=0.1).isnan(), _robust_z_torch(v, 0.1).abs().isnan())
+
+
+def test_duplicated_rows_and_all_equal_match_unique():
+    g = torch.Generator().manual_seed(1)
+    for trial in range(200):
+        n = int(torch.randint(1, 40, (), generator=g))
+        f = torch.randn(n, 2, generator=g, dtype=torch.float64)
+        if trial % 2:
+            f[torch.randint(n, (n // 2,), generator=g)] = f[0].clone()
+        if trial % 7 == 0:
+            f[:] = f[0].clone()
+        _, inv, cnt = torch.unique(torch.round(f, decimals=9), dim=0, return_inverse=True, return_counts=True)
+        assert torch.equal(duplicated_rows(f), cnt[inv] > 1)
+        assert all_rows_equal(f) == (len(torch.unique(f, dim=0)) < 2)
+
+
+def test_detector_diagnostics_only_add_logs():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(16, 500, generator=g)
+    x[:3] *= -3
+    quiet = Stage1Detector().inspect(x, generator=torch.Generator().manual_seed(0))
+    loud = Stage1Detector(diagnostics=True).inspect(x, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(quiet.flags_N, loud.flags_N) and torch.equal(quiet.scores_N, loud.scores_N)
+    assert "scores" not in quiet.info and set(loud.info["scores"]) == {"mandera", "distance"}
+    assert len(loud.info["methods"]["mandera"]["features"]) == 16
+    assert len(loud.info["methods"]["distance"]["z_cosine"]) == 16

@@ -71,7 +71,7 @@ def distance_statistics(
     x = x_Nd.to(torch.float64)
     sq_N, nearest_Nk = _nearest(x, f)
     return {
-        "cosine": _cosine(x, sq_N.sqrt(), reference_d, population_N),
+        "cosine": _cosine(x, sq_N.sqrt(), reference_d, population_N, x_Nd),
         "norm": sq_N.clamp(min=_TINY).log() / 2,
         "krum": nearest_Nk.sum(dim=1).clamp(min=_TINY).log(),
         "collusion": nearest_Nk[:, 0].clamp(min=_TINY).log() / 2,
@@ -98,9 +98,19 @@ def krum_log_scores(x_Nd: Tensor, f: int | None = None) -> Tensor:
     return nearest_Nk.sum(dim=1).clamp(min=_TINY).log()
 
 
-def _cosine(x_Nd: Tensor, norms_N: Tensor, reference_d: Tensor | None, population_N: Tensor | None) -> Tensor:
+def _cosine(
+    x_Nd: Tensor,
+    norms_N: Tensor,
+    reference_d: Tensor | None,
+    population_N: Tensor | None,
+    given_Nd: Tensor | None = None,
+) -> Tensor:
+    """Cosine of each float64 row of ``x_Nd`` to the reference; ``given_Nd``: the same rows as the
+    caller passed them, whose float32 values the default median reference is taken of (no
+    conversion when they already are float32)."""
     if reference_d is None:
-        pop_Md = x_Nd if population_N is None else x_Nd[population_N]
+        src_Nd = x_Nd if given_Nd is None else given_Nd
+        pop_Md = src_Nd if population_N is None else src_Nd[population_N]
         # the library's coordinate-wise median (a sorting network, 2x faster than torch.median)
         ref_d = median_values(pop_Md.float()).to(torch.float64)
     else:
@@ -159,7 +169,7 @@ def distance(
     population_N = torch.ones(n, dtype=torch.bool)
     for p in range(max(passes, 1)):
         if p > 0 and reference_d is None and "cosine" in scores:  # re-centre on the kept rows
-            stats["cosine"] = _cosine(x_Nd.to(torch.float64), stats["norm"].exp(), None, population_N)
+            stats["cosine"] = _cosine(x_Nd.to(torch.float64), stats["norm"].exp(), None, population_N, x_Nd)
         z = {s: robust_z(stats[s], floor=fl[s], side=_SIDES[s], population_N=population_N) for s in scores}
         ratio_N = torch.stack([z[s] / thr[s] for s in scores]).amax(dim=0).nan_to_num(nan=float("inf"))
         keep_N = ratio_N <= 1.0

@@ -101,6 +101,7 @@ def test_privacy_audit_writes_its_report(tmp_path: Path) -> None:
         (0, "none"), (0, "privacy"), (2, "none"), (2, "privacy")
     ]  # fmt: skip
     assert rep["privacy"]["epsilon_at_run_end"] > 0
+    assert "epsilon" not in rep["privacy"]  # the untrained audit experiment's own spend (0) is not reported
     assert all(len(r["psnr_db_per_image"]) == 2 for r in rep["results"])
     assert (tmp_path / "audit" / "grid_round2.png").stat().st_size > 1000
     assert "| 0 | privacy |" in (tmp_path / "audit" / "audit.md").read_text()

@@ -226,7 +226,7 @@ class RoundLoop:
             quarantined=torch.nonzero(exp.trust.quarantined_N).flatten().tolist() if secured else None,
             aggregator=result.info if result is not None else None,
             faults=fault_rec or None,
-            privacy=account_round(exp, assignment),
+            privacy=account_round(exp, assignment, r),
         )
 
     def _aggregate(

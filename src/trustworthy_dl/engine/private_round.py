@@ -57,23 +57,29 @@ def private_compute(
     return losses
 
 
-def account_round(exp: Experiment, assignment: list[list[int]]) -> dict[str, Any] | None:
-    """Step the accountant once per batch an honest node drew this round; the round's record
-    (None with privacy off).
+def account_round(exp: Experiment, assignment: list[list[int]], r: int) -> dict[str, Any] | None:
+    """Step the accountant once per batch any node drew this round; the round's record (None with
+    privacy off).
 
-    A node holding no shard (on probation) computed on its home shards' next batch: that is a use
-    of those shards too. Every honest node's update is counted, present or not (a late row may
-    still have been seen on the wire).
+    Every node's batches count, Byzantine or not and present or not: a coordinator cannot tell
+    who is Byzantine, and a late row may still have been seen on the wire. A node holding no shard
+    (on probation) computed on its home shards' next batch: that is a use of those shards too. A
+    Byzantine node attacking this round sends a corrupted plain gradient without noise (see
+    :func:`private_compute`): a shard of an honest home node it computed on (it holds one after a
+    reassignment) has lost its guarantee (epsilon inf from then on; the simulation knows who
+    attacks, a deployment would not).
     """
     if exp.privacy is None:
         return None
     acc = exp.privacy.accountant
     if acc is None:
         return {"epsilon": None}
+    adv = exp.adversary
+    attacking = adv.active(r)
     for node, shards in enumerate(assignment):
-        if exp.adversary.is_byzantine(node):
-            continue
         for shard in shards or exp.scheduler.home_shards(node):
             acc.step(shard)
+            if attacking and adv.is_byzantine(node) and not adv.is_byzantine(exp.scheduler.home[shard]):
+                acc.expose(shard)
     eps = acc.epsilon()
     return {"epsilon": round(eps, 4) if eps != float("inf") else "inf"}

@@ -1,8 +1,9 @@
 """Privacy accounting with opacus's maintained accountants (RDP, PRV), one per data shard.
 
-A shard is one node's local data set. Each round a shard is used once per batch drawn from it by a
-node that runs the privacy mechanism (its holder, and a node on probation computing on its home
-shard's next batch), with sampling rate q = batch_size / |shard|. Every use is one step of the
+A shard is one node's local data set. Each round a shard is used once per batch drawn from it by
+any node (its holder, and a node on probation computing on its home shard's next batch; Byzantine
+or not: a coordinator cannot tell), with sampling rate q = batch_size / |shard|. A shard that an
+attacking node computed on without the mechanism is ``expose``d: epsilon inf. Every use is one step of the
 subsampled Gaussian mechanism with the effective noise multiplier of the mode:
 
 * ``dp_sgd``: per-sample clipping to C and noise std sigma * C: multiplier sigma (Abadi et al.).
@@ -70,10 +71,16 @@ class ShardAccountant:
         self.sample_rates = [min(1.0, float(q)) for q in sample_rates]
         self.sigma, self.kind, self.delta = float(noise_multiplier), accountant, float(delta)
         self.steps = [0] * len(sample_rates)
+        self.exposed: set[int] = set()
         self._cache: dict[tuple[float, int], float] = {}
 
     def step(self, shard: int, uses: int = 1) -> None:
         self.steps[shard] += int(uses)
+
+    def expose(self, shard: int) -> None:
+        """The shard's data went out without the mechanism (an attacking node computed on it): its
+        epsilon is inf from now on."""
+        self.exposed.add(int(shard))
 
     def _accountant(self, q: float, steps: int) -> IAccountant:
         acc = _KINDS[self.kind]()
@@ -101,13 +108,23 @@ class ShardAccountant:
             if s > best_steps:
                 front.append((q, s))
                 best_steps = s
+        if self.exposed:
+            return math.inf
         return max((self._epsilon(q, s) for q, s in front), default=0.0)
 
     def per_shard(self) -> list[float]:
-        return [self._epsilon(q, s) for q, s in zip(self.sample_rates, self.steps)]
+        return [
+            math.inf if i in self.exposed else self._epsilon(q, s)
+            for i, (q, s) in enumerate(zip(self.sample_rates, self.steps))
+        ]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": list(self.steps), "sigma": self.sigma, "sample_rates": list(self.sample_rates)}
+        return {
+            "steps": list(self.steps),
+            "sigma": self.sigma,
+            "sample_rates": list(self.sample_rates),
+            "exposed": sorted(self.exposed),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if [float(q) for q in state["sample_rates"]] != self.sample_rates or float(
@@ -115,3 +132,4 @@ class ShardAccountant:
         ) != self.sigma:
             raise ValueError("the checkpoint's privacy accountant has other sample rates or noise")
         self.steps = [int(s) for s in state["steps"]]
+        self.exposed = {int(i) for i in state.get("exposed", [])}

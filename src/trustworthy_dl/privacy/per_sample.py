@@ -11,6 +11,13 @@ flat-parameter engine (parameters are views of one vector) untouched.
 BatchNorm has no per-sample gradient (a sample's output depends on the whole batch): such models
 are refused with a ConfigError, as opacus does.
 
+A sample counts once per batch. The sampler wraps a short shard into a fresh permutation inside a
+batch (and a shard smaller than the batch repeats samples in every batch), so one sample can sit
+in a batch m times; summed m times it would move the sum by m C, not the C the accountant charges.
+Later copies of an (input, label) pair already in the batch are dropped from the sum (the
+denominator stays b). Keyed by content, not by dataset index: two different samples with equal
+content are one sample to the sum, which only lowers what either can change.
+
 Legend: B samples in the node's batch, D flat parameters.
 """
 
@@ -26,7 +33,21 @@ from trustworthy_dl.engine.flat import FlatModel
 from trustworthy_dl.engine.task import Task
 from trustworthy_dl.errors import ConfigError
 
-__all__ = ["PerSampleClipper", "clip_rows_"]
+__all__ = ["PerSampleClipper", "clip_rows_", "first_copies"]
+
+
+def first_copies(x: Tensor, y: Tensor) -> Tensor:
+    """bool (B,): True for the first occurrence in the batch of each (input, label) pair."""
+    b = x.shape[0]
+    if b == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    key_BF = torch.cat([x.reshape(b, -1).to(torch.float64), y.reshape(b, -1).to(torch.float64)], dim=1)
+    _, inverse_B = torch.unique(key_BF, dim=0, return_inverse=True)
+    first_U = torch.full((int(inverse_B.max()) + 1,), b, dtype=torch.int64)
+    first_U.scatter_reduce_(0, inverse_B, torch.arange(b), reduce="amin")
+    keep_B = torch.zeros(b, dtype=torch.bool)
+    keep_B[first_U] = True
+    return keep_B
 
 
 def clip_rows_(rows_BD: Tensor, clip_norm: float) -> Tensor:
@@ -51,7 +72,7 @@ class PerSampleClipper:
         if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in flat.model.modules()):
             raise ConfigError(
                 "privacy.mode=dp_sgd needs per-sample gradients, which BatchNorm does not have (a "
-                "sample's output depends on its batch); use model.norm=group (or privacy.mode=node_clip)"
+                "sample's output depends on its batch); use model.norm=group"
             )
         self.flat, self.task, self.clip_norm, self.chunk = flat, task, float(clip_norm), int(chunk)
         self._fn: Callable[..., tuple[dict[str, Tensor], Tensor]] | None = None
@@ -77,9 +98,11 @@ class PerSampleClipper:
         """Write sum_i clip(g_i, C) into ``out_D``; returns (mean loss, fraction of samples clipped)."""
         out_D.zero_()
         total_loss, clipped, b = 0.0, 0, x.shape[0]
+        repeat_B = ~first_copies(x, y)
         for start in range(0, b, self.chunk):
             g_BD, loss_B = self.per_sample(x[start : start + self.chunk], y[start : start + self.chunk])
             norms_B = clip_rows_(g_BD, self.clip_norm)
+            _drop(g_BD, repeat_B[start : start + self.chunk])
             out_D.add_(g_BD.sum(0))
             total_loss += float(loss_B.sum())
             clipped += int((norms_B > self.clip_norm).sum())
@@ -95,6 +118,7 @@ class PerSampleClipper:
         sizes = [int(x.shape[0]) for x in xs]
         owner = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(out_RD.device)
         x_all, y_all = torch.cat(list(xs)), torch.cat(list(ys))
+        repeat_B = ~torch.cat([first_copies(x, y) for x, y in zip(xs, ys)])
         out_RD.zero_()
         loss_sum = torch.zeros(len(sizes), dtype=torch.float64)
         clipped = 0
@@ -102,8 +126,15 @@ class PerSampleClipper:
             stop = start + self.chunk
             g_BD, loss_B = self.per_sample(x_all[start:stop], y_all[start:stop])
             norms_B = clip_rows_(g_BD, self.clip_norm)
+            _drop(g_BD, repeat_B[start:stop])
             out_RD.index_add_(0, owner[start:stop], g_BD)
             loss_sum.index_add_(0, owner[start:stop].cpu(), loss_B.detach().cpu().to(torch.float64))
             clipped += int((norms_B > self.clip_norm).sum())
         losses = loss_sum / torch.tensor(sizes, dtype=torch.float64).clamp(min=1)
         return losses.to(torch.float32), clipped / max(sum(sizes), 1)
+
+
+def _drop(g_BD: Tensor, repeat_B: Tensor) -> None:
+    """Zero the rows of repeated samples (a sample counts once per batch; see the module docstring)."""
+    if bool(repeat_B.any()):
+        g_BD[repeat_B.to(g_BD.device)] = 0.0

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from torch.nn.modules.batchnorm import _BatchNorm
+
 from trustworthy_dl.config import Config
 from trustworthy_dl.engine.flat import FlatModel
 from trustworthy_dl.engine.task import Task
@@ -85,6 +87,12 @@ def build_privacy(
     p = cfg.privacy
     if not p.enabled:
         return None
+    if p.mode == "node_clip" and any(isinstance(m, _BatchNorm) for m in flat.model.modules()):
+        raise ConfigError(
+            "privacy.mode=node_clip with BatchNorm (model.norm=batch): its running mean and variance are "
+            "updated from each node's raw batch, outside the clipping and the noise, and they are part of "
+            "the model everyone sees; use model.norm=group"
+        )
     rates = [min(1.0, batch_size / max(size, 1)) for size in shard_sizes]
     sigma = p.noise_multiplier
     # node_clip: a sample moves the clipped update by up to 2C, so its sample-level multiplier is sigma/2

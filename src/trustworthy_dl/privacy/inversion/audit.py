@@ -196,12 +196,26 @@ def run_audit(
         "batch_size": batch_size,
         "model": cfg.model.name,
         "dataset": cfg.data.name,
-        "privacy": priv.summary() | {"epsilon_at_run_end": epsilon} if priv is not None else None,
+        "privacy": _audit_privacy(priv, epsilon) if priv is not None else None,
         "results": results,
     }
     (out / "audit.json").write_text(json.dumps(report, indent=2))
     (out / "audit.md").write_text(_markdown(report))
     return report
+
+
+def _audit_privacy(priv: Any, epsilon: float | None) -> dict[str, Any]:
+    """The run's privacy settings and what node 0's shard has spent by the run's end.
+
+    The audit builds the experiment without training it, so the accountant's own (current)
+    epsilons would all be 0: they are left out, and ``epsilon_at_run_end`` is the figure."""
+    out = {k: v for k, v in priv.summary().items() if k not in ("epsilon", "epsilon_per_shard")}
+    out["epsilon_at_run_end"] = None if epsilon is None else _finite_eps(epsilon)
+    return out
+
+
+def _finite_eps(x: float) -> float | str:
+    return round(x, 4) if x != float("inf") else "inf"
 
 
 def _markdown(rep: dict[str, Any]) -> str:

@@ -481,7 +481,7 @@ class RoundLoop:
             summary["communication"] = traffic_summary(self, traffic, exp.total_rounds - self.start_round)
         if self.out_dir is not None:
             save_final_weights(
-                exp.flat.model,
+                getattr(exp.flat, "unsplit", exp.flat.model),  # a pipeline's: the model as given
                 self.out_dir,
                 metadata={"rounds": str(exp.total_rounds), "model": summary["model"]},
             )

@@ -27,7 +27,7 @@ def pipeline_summary(loop: PipelineLoop, summary: dict[str, Any]) -> dict[str, A
         "tied": [t.name for t in pp.staged.ties],
         "notes": pp.notes,
     }
-    rounds = max(loop.exp.total_rounds - loop.start_round, 1)
+    rounds = max(loop.tracker.rounds, 1)  # every step the run took, a resumed run's included
     verify_s = loop.tracker.verify_seconds
     summary["verification"] = {
         "recomputed_per_step": round(loop.verify_checked / rounds, 3),

@@ -45,6 +45,10 @@ class StagedModel:
         cols: stage s's columns of ``params_D``.
         ties: columns holding copies of a shared parameter.
         model: the stages in sequence (evaluation runs it; it computes the unsplit model).
+        unsplit: the model as given: its modules are the stages' (no copy), so its
+            ``state_dict`` holds the trained values under the model's own names (what the run's
+            ``model.safetensors`` saves); a tied parameter split across stages appears as its
+            equal copies.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class StagedModel:
         self.params_D = nn.Parameter(whole)
         self.ties = [self._tie(a, na, b, nb) for a, na, b, nb in tied]
         self.model = nn.Sequential(*self.stages)
+        self.unsplit = model
 
     def _tie(self, a: int, name_a: str, b: int, name_b: str) -> Tie:
         def cols_of(s: int, name: str) -> slice:

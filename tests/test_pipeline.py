@@ -208,6 +208,14 @@ def test_settings_that_do_not_apply_to_pipelines_are_errors() -> None:
     )
     with pytest.raises(ConfigError, match="is a data attack"):
         run_experiment(cfg, write=False)
+    for attack, match in (
+        ({"name": "sign_flip", "num_byzantine": 1}, "this pipeline has one replica"),  # no update to corrupt
+        ({"name": "activation_tamper", "byzantine_ids": [2]}, "the last stage sends no activations"),
+        ({"name": "gradient_tamper", "byzantine_ids": [0]}, "stage 0 sends no activation-gradients"),
+    ):
+        cfg = config_from_dict(_pipe(num_nodes=3) | {"attack": attack, "output": {"progress": False}})
+        with pytest.raises(ConfigError, match=match):
+            run_experiment(cfg, write=False)
 
 
 def test_pipeline_attacks_need_a_pipeline() -> None:

@@ -11,10 +11,13 @@ import pytest
 import torch
 
 from trustworthy_dl.cli import main
-from trustworthy_dl.config import config_from_dict
+from trustworthy_dl.config import TrainingConfig, config_from_dict
+from trustworthy_dl.engine.optim import CoordinatorOptimizer
 from trustworthy_dl.engine.pipeline_loop import PipelineLoop
 from trustworthy_dl.engine.run import run_experiment
 from trustworthy_dl.engine.setup import build_model
+from trustworthy_dl.engine.staged import StagedModel
+from trustworthy_dl.models import get_model
 from trustworthy_dl.report.weights import load_final_weights
 
 TEXT = {"name": "text", "block_size": 16, "max_train_samples": 256, "max_test_samples": 16}
@@ -82,3 +85,78 @@ def test_a_resumed_pipeline_run_reports_the_same_verification_rate(
     assert main(["run", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
     cut = json.loads((tmp_path / "cut" / "summary.json").read_text())["verification"]
     assert cut["recomputed_per_step"] == full["recomputed_per_step"] > 0
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_frozen_step_leaves_those_coordinates_and_their_state_alone(optimizer: str) -> None:
+    cfg = TrainingConfig(optimizer=optimizer, momentum=0.9, weight_decay=0.1, learning_rate=0.1)
+    free = torch.nn.Parameter(torch.linspace(-1, 1, 10))
+    part = torch.nn.Parameter(free.detach().clone())
+    opt_free, opt_part = (CoordinatorOptimizer(p, cfg, total_rounds=5) for p in (free, part))
+    frozen = torch.zeros(10, dtype=torch.bool)
+    frozen[3:6] = True
+    start, state0 = part.detach().clone(), {}
+    for r in range(3):
+        g = torch.full((10,), 0.5 + r)
+        opt_free.step(g, r)
+        opt_part.step(g * ~frozen if r else g, r, frozen_D=frozen if r else None)  # frozen from step 1
+        if r == 0:
+            start = part.detach().clone()
+            state0 = {
+                k: v.clone()
+                for k, v in opt_part.opt.state[part].items()
+                if torch.is_tensor(v) and v.numel() == 10
+            }
+    assert state0  # momentum buffer / Adam moments
+    assert torch.equal(part.detach()[frozen], start[frozen])  # not moved by momentum or decay
+    torch.testing.assert_close(part.detach()[~frozen], free.detach()[~frozen])
+    for k, v in state0.items():
+        assert torch.equal(opt_part.opt.state[part][k][frozen], v[frozen]), k
+        assert not torch.equal(opt_part.opt.state[part][k][~frozen], v[~frozen]), k
+
+
+def test_frozen_columns_keep_tied_copies_updated_together() -> None:
+    torch.manual_seed(0)
+    staged = StagedModel(get_model("gpt2", size="tiny", vocab_size=64, block_size=16), 4)
+    assert staged.ties  # the embedding and the output head
+    tie = staged.ties[0]
+    only_first = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    frozen = staged.frozen_columns(only_first)
+    assert frozen is not None and not frozen[tie.first].any() and not frozen[tie.second].any()
+    assert frozen[staged.cols[0]].sum() == staged.stage_sizes()[0] - (tie.first.stop - tie.first.start)
+    both = staged.frozen_columns(torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    assert both is not None and both[tie.first].all() and both[tie.second].all()
+    assert staged.frozen_columns(torch.zeros(4)) is None
+
+
+@pytest.mark.slow
+def test_a_time_balanced_cut_is_measured_once_and_kept_on_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trustworthy_dl.engine.pipeline_setup as setup
+
+    def cfg() -> Any:
+        c = _resume_cfg(tmp_path / "run").to_dict()
+        c["distributed"].update(num_nodes=3, num_stages=2, spares=1, stage_balance="time")
+        return config_from_dict(c)
+
+    monkeypatch.setattr(setup, "block_times", lambda model, x: [1.0, 1.0, 4.0])  # cut after block 2
+    step = PipelineLoop._round
+
+    def crash(self: PipelineLoop, r: int) -> Any:
+        if r == 5:
+            raise KeyboardInterrupt
+        return step(self, r)
+
+    monkeypatch.setattr(PipelineLoop, "_round", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg())
+    monkeypatch.setattr(PipelineLoop, "_round", step)
+    monkeypatch.setattr(setup, "block_times", lambda model, x: [4.0, 1.0, 1.0])  # would cut after block 1
+    assert main(["run", "--resume", str(tmp_path / "run"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    fresh = run_experiment(cfg(), out_dir=tmp_path / "other").summary  # a new run measures anew
+    assert summary["pipeline"]["stage_params"] != fresh["pipeline"]["stage_params"]
+    monkeypatch.setattr(setup, "block_times", lambda model, x: [1.0, 1.0, 4.0])
+    first = run_experiment(cfg(), out_dir=tmp_path / "first").summary
+    assert summary["pipeline"]["stage_params"] == first["pipeline"]["stage_params"]

@@ -35,8 +35,14 @@ class CoordinatorOptimizer:
             return base * 0.5 * (1.0 + math.cos(math.pi * round_idx / self.total_rounds))
         return base
 
-    def step(self, update_D: Tensor, round_idx: int) -> float:
-        """Apply one aggregated update; returns the learning rate used."""
+    def step(self, update_D: Tensor, round_idx: int, *, frozen_D: Tensor | None = None) -> float:
+        """Apply one aggregated update; returns the learning rate used.
+
+        ``frozen_D`` (bool, D): coordinates this step must leave alone, parameters and optimizer
+        state (momentum, Adam moments) both: a zero update would still move them through momentum
+        and weight decay (a pipeline stage whose update was skipped). Adam's step count is one per
+        parameter vector and advances anyway.
+        """
         lr = self.lr_at(round_idx)
         for group in self.opt.param_groups:
             group["lr"] = lr
@@ -44,10 +50,27 @@ class CoordinatorOptimizer:
             norm = float(update_D.norm())
             if norm > self.cfg.grad_clip:
                 update_D = update_D * (self.cfg.grad_clip / norm)
+        frozen = frozen_D if frozen_D is not None and bool(frozen_D.any()) else None
+        saved: list[tuple[Tensor, Tensor]] = []
+        if frozen is not None:
+            saved = [(t, t[frozen].clone()) for t in [self.params_D.data, *self._state_vectors()]]
+        had_state = {id(t) for t in self._state_vectors()}
         self.params_D.grad = update_D
         self.opt.step()
         self.params_D.grad = None
+        if frozen is not None:
+            with torch.no_grad():
+                for t, old in saved:
+                    t[frozen] = old
+                for t in self._state_vectors():  # created by this step: the frozen part starts at 0
+                    if id(t) not in had_state:
+                        t[frozen] = 0
         return lr
+
+    def _state_vectors(self) -> list[Tensor]:
+        """The optimizer's per-coordinate state tensors (momentum buffer, Adam moments)."""
+        state = self.opt.state.get(self.params_D, {})
+        return [v for v in state.values() if torch.is_tensor(v) and v.shape == self.params_D.shape]
 
     def state_dict(self) -> dict:
         return self.opt.state_dict()

@@ -186,22 +186,24 @@ class PipelineLoop(RoundLoop):
         if self.comm.world_size > 1 and (pp.verifier is not None or pp.monitor_params):
             with timer("security"):  # the sampled messages come from the stages' neighbours
                 remote = collect_remote_checks(self, r, passes, plans, holder)
-        dropped = torch.zeros(1)
+        skipped_S = torch.zeros(S)
         ctx: dict[str, Any] = {}
         if self.coordinator:
             with timer("attack"):
                 self._update_attacks(r)
             ctx = self._judge_and_aggregate(r, passes, plans, holder, rec, timer, remote)
-            dropped[0] = float(len(ctx["skipped"]) == S)
+            skipped_S[ctx["skipped"]] = 1.0
         with timer("broadcast"):
             self.comm.broadcast(self.agg_D)
-            self.comm.broadcast(dropped)
+            self.comm.broadcast(skipped_S)
 
         with timer("step"):
             rec["update_norm"] = float(self.agg_D.norm())
-            if not bool(dropped[0]):
-                rec["lr"] = exp.optimizer.step(self.agg_D, r)
-            else:  # nothing trustworthy this step: drop it (a zero step would still move momentum)
+            if not bool(skipped_S.all()):  # a skipped stage is left alone (a zero step would move momentum)
+                rec["lr"] = exp.optimizer.step(
+                    self.agg_D, r, frozen_D=self.pp.staged.frozen_columns(skipped_S)
+                )
+            else:  # nothing trustworthy this step: drop it
                 rec["lr"] = exp.optimizer.lr_at(r)
                 rec["step_dropped"] = True
         if self.coordinator:
@@ -451,6 +453,7 @@ class PipelineLoop(RoundLoop):
             "stale": {f"{n}:{s}": t for (n, s), t in self._stale.items()},
             "verify_checked": self.verify_checked,
             "step_seconds": self.step_seconds,
+            "block_weights": pp.block_weights,  # read before the build on resume (run.py)
         }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:

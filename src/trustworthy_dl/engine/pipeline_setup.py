@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from trustworthy_dl.aggregation.configured import build_run_aggregator
-from trustworthy_dl.attacks import DATA_ATTACKS, AdversarialAttacker
+from trustworthy_dl.attacks import DATA_ATTACKS, UPDATE_ATTACKS, AdversarialAttacker
 from trustworthy_dl.config import Config
 from trustworthy_dl.data import DatasetBundle
 from trustworthy_dl.data.partition import partition_bundle
@@ -57,6 +57,7 @@ class PipelineParts:
     monitor_params: bool
     snapshots: SnapshotStore
     notes: list[str] = field(default_factory=list)
+    block_weights: list[float] | None = None  # stage_balance: time: the measured cut (checkpointed)
 
     def unit(self, replica: int, stage: int) -> int:
         return replica * self.num_stages + stage
@@ -104,7 +105,12 @@ def check_pipeline_supported(cfg: Config) -> None:
 
 
 def build_pipeline_experiment(
-    cfg: Config, comm: Comm, device: torch.device, data: DatasetBundle
+    cfg: Config,
+    comm: Comm,
+    device: torch.device,
+    data: DatasetBundle,
+    *,
+    block_weights: list[float] | None = None,
 ) -> Experiment:
     dcfg, tcfg = cfg.distributed, cfg.training
     n = dcfg.num_nodes
@@ -120,6 +126,23 @@ def build_pipeline_experiment(
             f"distributed.num_stages={s_num} exceeds the {blocks} blocks of {cfg.model.name}"
             f"{'-' + cfg.model.size if cfg.model.size else ''}: at most {blocks} stages"
         )
+    update_attacks = sorted({a.name for a in cfg.attack.all_attacks() if a.name in UPDATE_ATTACKS})
+    if m_rep == 1 and update_attacks:
+        raise ConfigError(
+            f"attack {update_attacks} attacks a replica's update, but this pipeline has one replica: "
+            "there is no update to corrupt against others; use a pipeline attack (activation_tamper, "
+            "gradient_tamper, parameter_tamper) or a hybrid layout (distributed.replicas > 1)"
+        )
+    nowhere = {"activation_tamper": (s_num - 1, "the last stage sends no activations"),
+               "gradient_tamper": (0, "stage 0 sends no activation-gradients")}  # fmt: skip
+    for att in cfg.attack.all_attacks():
+        stage, why = nowhere.get(att.name, (-1, ""))
+        idle = [i for i in att.byzantine_ids or [] if i < m_rep * s_num and i % s_num == stage]
+        if idle:
+            raise ConfigError(
+                f"attack {att.name!r} on nodes {idle}: they hold stage {stage}, and {why}; pick nodes of "
+                f"other stages (node i holds stage i % {s_num})"
+            )
     notes = []
     if dcfg.num_stages is None:
         notes.append(f"num_stages derived: {s_num} (replicas {m_rep}, spares {spares})")
@@ -134,9 +157,16 @@ def build_pipeline_experiment(
     data.x_test, data.y_test = data.x_test.to(device), data.y_test.to(device)
 
     weights = None
-    if dcfg.stage_balance == "time":
-        sample = data.x_train[: max(1, tcfg.batch_size // dcfg.micro_batches)]
-        weights = block_times(model, sample)
+    if dcfg.stage_balance == "time":  # measured once, by the coordinator: every rank cuts alike
+        if block_weights is None:
+            sample = data.x_train[: max(1, tcfg.batch_size // dcfg.micro_batches)]
+            mine = block_times(model, sample) if comm.is_coordinator else [0.0] * blocks
+            block_weights = comm.broadcast(torch.tensor(mine, dtype=torch.float64)).tolist()
+        elif len(block_weights) != blocks:
+            raise ConfigError(
+                f"the checkpoint's stage cut has {len(block_weights)} blocks, the model {blocks}"
+            )
+        weights = list(block_weights)
         notes.append(
             "stages balanced by measured block time: " + ", ".join(f"{w * 1e3:.2f} ms" for w in weights)
         )
@@ -202,6 +232,7 @@ def build_pipeline_experiment(
         monitor_params=s.attack_detection or s.gradient_verification,
         snapshots=SnapshotStore(cfg.trust.snapshot_every),
         notes=notes,
+        block_weights=weights,
     )
     return Experiment(
         cfg=cfg,

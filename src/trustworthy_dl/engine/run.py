@@ -77,7 +77,8 @@ def run_experiment(
                 assert target is not None
                 prepare_run_dir(target, overwrite=cfg.output.overwrite, config=resolved)
 
-        exp = build_experiment(cfg, comm)  # data and model: a failed start leaves no file behind
+        cut = ((state or {}).get("extra") or {}).get("block_weights")  # a pipeline's measured stage cut
+        exp = build_experiment(cfg, comm, block_weights=cut)  # a failed start leaves no file behind
         if prepare is not None:
             prepare()
         if exp.pipeline is not None:

@@ -138,8 +138,13 @@ def build_model(cfg: Config, data: DatasetBundle, device: torch.device) -> torch
     return model
 
 
-def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
-    """Load data, build the model and every seam of the round loop for ``cfg``."""
+def build_experiment(
+    cfg: Config, comm: Comm | None = None, *, block_weights: list[float] | None = None
+) -> Experiment:
+    """Load data, build the model and every seam of the round loop for ``cfg``.
+
+    ``block_weights``: a resumed pipeline run's measured block times (``stage_balance: time``),
+    so that it cuts its stages where the interrupted run did."""
     check_supported(cfg)
     dcfg, tcfg = cfg.distributed, cfg.training
     n = dcfg.num_nodes
@@ -151,7 +156,7 @@ def build_experiment(cfg: Config, comm: Comm | None = None) -> Experiment:
     if dcfg.parallelism != "data":
         from trustworthy_dl.engine.pipeline_setup import build_pipeline_experiment
 
-        return build_pipeline_experiment(cfg, comm, device, data)
+        return build_pipeline_experiment(cfg, comm, device, data, block_weights=block_weights)
     if len(data.x_train) < n:
         raise ConfigError(
             f"distributed.num_nodes={n} exceeds the {len(data.x_train)} training samples of {data.name}"

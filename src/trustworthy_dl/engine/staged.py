@@ -80,6 +80,21 @@ class StagedModel:
         self.model = nn.Sequential(*self.stages)
         self.unsplit = model
 
+    def frozen_columns(self, skipped_S: Tensor) -> Tensor | None:
+        """bool (D,): the columns of the stages marked in ``skipped_S`` (a step leaves them alone),
+        less a tied copy whose partner is updated (the copies take the same summed update and
+        must stay equal); None when no stage is skipped."""
+        if not bool(skipped_S.any()):
+            return None
+        frozen_D = torch.zeros(self.num_params, dtype=torch.bool)
+        for s in skipped_S.nonzero().flatten().tolist():
+            frozen_D[self.cols[s]] = True
+        for tie in self.ties:
+            if bool(frozen_D[tie.first].all()) != bool(frozen_D[tie.second].all()):
+                frozen_D[tie.first] = False
+                frozen_D[tie.second] = False
+        return frozen_D.to(self.params_D.device)
+
     def _tie(self, a: int, name_a: str, b: int, name_b: str) -> Tie:
         def cols_of(s: int, name: str) -> slice:
             flat, off = self.flats[s], self.cols[s].start

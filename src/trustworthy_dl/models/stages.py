@@ -76,7 +76,18 @@ def split_into_stages(
 
 def block_times(model: nn.Module, x: torch.Tensor, *, reps: int = 3) -> list[float]:
     """Median seconds of each block's forward + backward on ``x`` (a sample batch), for balancing
-    stages by measured time rather than by parameters."""
+    stages by measured time rather than by parameters. The model's buffers (BatchNorm running
+    statistics) are left as they were: the measurement is not training."""
+    saved = {name: b.detach().clone() for name, b in model.named_buffers()}
+    try:
+        return _block_times(model, x, reps)
+    finally:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(saved[name])
+
+
+def _block_times(model: nn.Module, x: torch.Tensor, reps: int) -> list[float]:
     times: list[list[float]] = [[] for _ in model_blocks(model)]
     for _ in range(reps):
         h = x

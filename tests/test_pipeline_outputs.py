@@ -160,3 +160,26 @@ def test_a_time_balanced_cut_is_measured_once_and_kept_on_resume(
     monkeypatch.setattr(setup, "block_times", lambda model, x: [1.0, 1.0, 4.0])
     first = run_experiment(cfg(), out_dir=tmp_path / "first").summary
     assert summary["pipeline"]["stage_params"] == first["pipeline"]["stage_params"]
+
+
+@pytest.mark.slow
+def test_migrating_a_stage_with_a_tied_copy_keeps_the_copies_and_their_state_equal() -> None:
+    data = {
+        "seed": 0,
+        "model": {"name": "gpt2", "size": "tiny"},
+        "data": TEXT,
+        "training": {"batch_size": 8, "max_rounds": 8, "optimizer": "adamw", "learning_rate": 2e-3},
+        "distributed": {"num_nodes": 5, "parallelism": "model", "num_stages": 4, "spares": 1},
+        "security": {"attack_detection": True, "gradient_verification": True, "pipeline_verify_rate": 0.5},
+        "trust": {"snapshot_every": 3},
+        "attack": {"name": "parameter_tamper", "byzantine_ids": [3], "start_round": 4},  # the head's stage
+        "output": {"progress": False, "plots": False},
+    }
+    res = run_experiment(config_from_dict(data), write=False)
+    assert [e["stage"] for e in res.summary["migrations"]["events"]] == [3]
+    exp = res.experiment
+    vectors = [exp.flat.params_D.detach(), *exp.optimizer.state_vectors()]
+    assert len(vectors) == 3  # parameters, exp_avg, exp_avg_sq
+    for tie in exp.pipeline.staged.ties:
+        for v in vectors:
+            assert torch.equal(v[tie.first], v[tie.second])

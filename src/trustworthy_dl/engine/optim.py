@@ -53,8 +53,8 @@ class CoordinatorOptimizer:
         frozen = frozen_D if frozen_D is not None and bool(frozen_D.any()) else None
         saved: list[tuple[Tensor, Tensor]] = []
         if frozen is not None:
-            saved = [(t, t[frozen].clone()) for t in [self.params_D.data, *self._state_vectors()]]
-        had_state = {id(t) for t in self._state_vectors()}
+            saved = [(t, t[frozen].clone()) for t in [self.params_D.data, *self.state_vectors()]]
+        had_state = {id(t) for t in self.state_vectors()}
         self.params_D.grad = update_D
         self.opt.step()
         self.params_D.grad = None
@@ -62,12 +62,12 @@ class CoordinatorOptimizer:
             with torch.no_grad():
                 for t, old in saved:
                     t[frozen] = old
-                for t in self._state_vectors():  # created by this step: the frozen part starts at 0
+                for t in self.state_vectors():  # created by this step: the frozen part starts at 0
                     if id(t) not in had_state:
                         t[frozen] = 0
         return lr
 
-    def _state_vectors(self) -> list[Tensor]:
+    def state_vectors(self) -> list[Tensor]:
         """The optimizer's per-coordinate state tensors (momentum buffer, Adam moments)."""
         state = self.opt.state.get(self.params_D, {})
         return [v for v in state.values() if torch.is_tensor(v) and v.shape == self.params_D.shape]

@@ -417,12 +417,14 @@ class PipelineLoop(RoundLoop):
         restored_from = None
         if snap is not None:
             moved = pp.snapshots.restore(snap, cols, self.exp.flat.params_D, self.exp.optimizer.opt)
-            for tie in pp.staged.ties:  # keep a tied copy equal to the restored one
+            vectors = [self.exp.flat.params_D.data, *self.exp.optimizer.state_vectors()]
+            for tie in pp.staged.ties:  # a tied copy, and its optimizer state, equal to the restored one
                 with torch.no_grad():
-                    if tie.first.start >= cols.start and tie.first.stop <= cols.stop:
-                        self.exp.flat.params_D[tie.second] = self.exp.flat.params_D[tie.first]
-                    elif tie.second.start >= cols.start and tie.second.stop <= cols.stop:
-                        self.exp.flat.params_D[tie.first] = self.exp.flat.params_D[tie.second]
+                    for v in vectors:
+                        if tie.first.start >= cols.start and tie.first.stop <= cols.stop:
+                            v[tie.second] = v[tie.first]
+                        elif tie.second.start >= cols.start and tie.second.stop <= cols.stop:
+                            v[tie.first] = v[tie.second]
             restored_from = snap.round
         units_now = sum(h == to_node for h in self.exp.scheduler.holder) + 1
         event: dict[str, Any] = {

@@ -13,12 +13,15 @@ import torch
 from trustworthy_dl.cli import main
 from trustworthy_dl.config import TrainingConfig, config_from_dict
 from trustworthy_dl.engine.optim import CoordinatorOptimizer
+from trustworthy_dl.engine.pipeline_exec import HolderPlan, StageRunner
 from trustworthy_dl.engine.pipeline_loop import PipelineLoop
 from trustworthy_dl.engine.run import run_experiment
 from trustworthy_dl.engine.setup import build_model
 from trustworthy_dl.engine.staged import StagedModel
+from trustworthy_dl.engine.task import Task
 from trustworthy_dl.models import get_model
 from trustworthy_dl.report.weights import load_final_weights
+from trustworthy_dl.security.pipeline_verify import PipelineVerifier
 
 TEXT = {"name": "text", "block_size": 16, "max_train_samples": 256, "max_test_samples": 16}
 
@@ -183,3 +186,22 @@ def test_migrating_a_stage_with_a_tied_copy_keeps_the_copies_and_their_state_equ
     for tie in exp.pipeline.staged.ties:
         for v in vectors:
             assert torch.equal(v[tie.first], v[tie.second])
+
+
+def test_verifier_re_runs_leave_batchnorm_statistics_alone() -> None:
+    torch.manual_seed(0)
+    model = get_model("cnn", num_classes=10, in_channels=1, image_size=28, norm="batch").train()
+    torch.manual_seed(0)
+    ref = get_model("cnn", num_classes=10, in_channels=1, image_size=28, norm="batch").train()
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    staged = StagedModel(model, 3)
+    runner = StageRunner(staged, Task("image"))
+    rows = [torch.empty(d) for d in staged.stage_sizes()]
+    out = runner.run_replica([(x, y)], [HolderPlan()] * 3, rows, schedule="1f1b")
+    PipelineVerifier(rate=1.0).check(runner, [out], [0, 1, 2], 0)  # re-runs every stage
+    runner.recompute(1, out.hops[1][0])
+    ref(x)  # one training forward of the unsplit model
+    mine, theirs = dict(staged.model.named_buffers()), list(ref.named_buffers())
+    assert len(mine) == len(theirs) > 0
+    for (_, a), (_, b) in zip(mine.items(), theirs):
+        torch.testing.assert_close(a, b)

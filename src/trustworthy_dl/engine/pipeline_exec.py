@@ -22,7 +22,8 @@ Legend: S stages, m micro-batches, D_s stage s's flat parameters, B micro-batch 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,9 +190,10 @@ class StageRunner:
         """A verifier's honest re-run of stage ``s`` on what ``hop`` received: (output, input
         gradient, parameter gradient)."""
         params = self.leaf_params(s)
-        x_leaf, y = self.forward(s, params, hop.x_in)
-        grad_D = torch.empty(self.staged.cols[s].stop - self.staged.cols[s].start, dtype=y.dtype)
-        g_x = self.backward(s, params, x_leaf, y, hop, grad_D)
+        with self.buffers_kept(s):  # restored after the backward (autograd checks their versions)
+            x_leaf, y = self.forward(s, params, hop.x_in)
+            grad_D = torch.empty(self.staged.cols[s].stop - self.staged.cols[s].start, dtype=y.dtype)
+            g_x = self.backward(s, params, x_leaf, y, hop, grad_D)
         return y.detach(), g_x, grad_D
 
     def recompute_messages(self, s: int, hop: Hop) -> tuple[Tensor, Tensor | None]:
@@ -200,17 +202,31 @@ class StageRunner:
         (stage 0 runs its forward only)."""
         if s == 0:
             return self.recompute_output(s, hop), None
-        x_leaf, y = self.forward(s, self.leaf_params(s), hop.x_in)
-        if s == self.num_stages - 1:
-            assert hop.target is not None
-            (g_x,) = torch.autograd.grad(self.task.loss(y, hop.target) * hop.weight, [x_leaf])
-        else:
-            assert hop.g_in is not None
-            (g_x,) = torch.autograd.grad(y, [x_leaf], grad_outputs=hop.g_in)
+        with self.buffers_kept(s):
+            x_leaf, y = self.forward(s, self.leaf_params(s), hop.x_in)
+            if s == self.num_stages - 1:
+                assert hop.target is not None
+                (g_x,) = torch.autograd.grad(self.task.loss(y, hop.target) * hop.weight, [x_leaf])
+            else:
+                assert hop.g_in is not None
+                (g_x,) = torch.autograd.grad(y, [x_leaf], grad_outputs=hop.g_in)
         return y.detach(), g_x
 
+    @contextlib.contextmanager
+    def buffers_kept(self, s: int) -> Iterator[None]:
+        """Leave stage ``s``'s buffers (BatchNorm running statistics) as they were: a verifier's
+        re-run is a check, not training (the buffers would otherwise depend on the verify rate)."""
+        buffers = list(self.staged.flats[s].model.buffers())
+        saved = [b.detach().clone() for b in buffers]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for b, v in zip(buffers, saved):
+                    b.copy_(v)
+
     def recompute_output(self, s: int, hop: Hop) -> Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), self.buffers_kept(s):
             p_D = self.staged.params_D.detach()[self.staged.cols[s]]
             flat = self.staged.flats[s]
             return functional_call(flat.model, flat.unflatten(p_D), (hop.x_in,))

@@ -415,6 +415,21 @@ def test_hybrid_over_three_processes_matches_the_simulated_one(tmp_path: Path) -
     assert len(dist) == 4 and dist == pytest.approx(sim, rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.distributed
+def test_an_undefended_multi_process_pipeline_shares_a_migration(tmp_path: Path) -> None:  # rejection => move
+    _, sim, dist = _sim_and_torchrun(
+        tmp_path,
+        "undefended.yaml",
+        "seed: 0\nmodel: {name: cnn}\ndata: {name: digits}\ntraining: {batch_size: 16, max_rounds: 6}\n"
+        "distributed: {num_nodes: 3, parallelism: model, num_stages: 2, spares: 1, micro_batches: 2}\n"
+        "attack: {name: gradient_tamper, byzantine_ids: [1], start_round: 1, params: {mode: constant, strength: .inf}}\n"
+        "output: {progress: false, plots: false}\n",
+        3,
+    )
+    assert len(dist) == 6 and dist == pytest.approx(sim, rel=1e-5, abs=1e-6)
+    assert json.loads((tmp_path / "dist" / "summary.json").read_text())["migrations"]["count"] == 1
+
+
 def test_stages_can_be_balanced_by_measured_block_time() -> None:
     from trustworthy_dl.models.stages import block_times, split_into_stages
 

@@ -122,7 +122,7 @@ def collect_remote_checks(
             got[(m, s, k)] = fields
     # ---- 3. digests of the parameters each holder computed with, and rejected messages
     digests: dict[int, Tensor] = {}
-    for u, node in enumerate(holder):
+    for u, node in enumerate(holder if pp.monitor_params else []):
         tag += 1
         src = comm.rank_of(node)
         if src != me and not coord:

@@ -183,7 +183,7 @@ class PipelineLoop(RoundLoop):
             loss = float(self.comm.reduce_sum(torch.tensor([loss], dtype=torch.float64))[0])
         rec["loss"] = loss
         remote: RemoteChecks | None = None
-        if self.comm.world_size > 1 and (pp.verifier is not None or pp.monitor_params):
+        if self.comm.world_size > 1:  # rejected messages are evidence even with the defences off
             with timer("security"):  # the sampled messages come from the stages' neighbours
                 remote = collect_remote_checks(self, r, passes, plans, holder)
         skipped_S = torch.zeros(S)
@@ -208,7 +208,7 @@ class PipelineLoop(RoundLoop):
                 rec["step_dropped"] = True
         if self.coordinator:
             self._after_step(r, ctx, rec, timer)
-        if self.comm.world_size > 1 and (pp.verifier is not None or pp.monitor_params):
+        if self.comm.world_size > 1:  # a rejection can move a stage with the defences off too
             with timer("broadcast"):
                 self._share_migrations()
         self.step_seconds += time.perf_counter() - t_step

@@ -282,7 +282,7 @@ class SecurityConfig(_Section):
         100_000, ge=1, description="Coordinates sampled per round for stage 1 (None: all)."
     )
     detection_params: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Per-method parameters, e.g. {distance: {threshold: 5.0}}."
+        default_factory=dict, description="Per-method parameters, e.g. {distance: {thresholds: {norm: 5.0}}}."
     )
     spot_check_fraction: float = Field(
         0.05,

@@ -74,6 +74,8 @@ def cross_check(cfg: Config) -> None:
         aggregator(torch.zeros(n, 1))
         raise ValueError(f"aggregation: {aggregator.name} cannot tolerate f={aggregator.f} with n={n}")
     _check_model_and_data(cfg)
+    if cfg.security.attack_detection:
+        _check_detection(cfg)
     t = cfg.trust
     if t.initial_trust < cfg.security.trust_threshold:
         raise ValueError(
@@ -154,3 +156,42 @@ def _physical_memory() -> int:
 
 def _a(word: str) -> str:
     return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
+def _check_detection(cfg: Config) -> None:
+    """Unknown detection methods or parameters fail at load time: the detector is built and run
+    once on a small random matrix (N rows), so its own checks speak (a bad threshold, a mistyped
+    parameter name) before any file is written."""
+    import inspect
+
+    import torch
+
+    from trustworthy_dl.security.base import DETECTION_METHODS
+    from trustworthy_dl.security.detector import Stage1Detector
+
+    s = cfg.security
+    for method, params in s.detection_params.items():
+        if method not in DETECTION_METHODS:
+            continue  # named by the detector's own error below
+        defaults = inspect.signature(DETECTION_METHODS.get(method)).parameters
+        for key, value in params.items():
+            d = defaults[key].default if key in defaults else None
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if (isinstance(d, bool) and not isinstance(value, bool)) or (
+                isinstance(d, (int, float)) and not isinstance(d, bool) and not numeric
+            ):
+                raise ValueError(
+                    f"security.detection_params.{method}.{key}={value!r}: expected a {type(d).__name__} "
+                    f"(default {d!r})"
+                )
+    try:
+        det = Stage1Detector(
+            methods=tuple(s.detection_methods),
+            combine=s.detection_combine,
+            num_coords=s.detection_coords,
+            params=s.detection_params,
+        )
+        x = torch.randn(max(cfg.distributed.num_nodes, 3), 8, generator=torch.Generator().manual_seed(0))
+        det.inspect(x)
+    except (TypeError, ValueError, KeyError) as err:
+        raise ValueError(f"security.detection_methods / detection_params: {err}") from None

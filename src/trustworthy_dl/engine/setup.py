@@ -25,7 +25,7 @@ from trustworthy_dl.engine.flat import FlatModel
 from trustworthy_dl.engine.node_compute import NodeComputer
 from trustworthy_dl.engine.optim import CoordinatorOptimizer
 from trustworthy_dl.engine.task import Task
-from trustworthy_dl.errors import ConfigError
+from trustworthy_dl.errors import ConfigError, DataError
 from trustworthy_dl.models import get_model, model_kind
 from trustworthy_dl.privacy.setup import PrivacyLayer, build_privacy, check_privacy
 from trustworthy_dl.security.layer import SecurityLayer, build_security
@@ -153,6 +153,8 @@ def build_experiment(
     device = resolve_device(dcfg.device, comm.rank)
 
     data = load_dataset(cfg.data)
+    if len(data.x_test) == 0:  # before anything is written: evaluation would fail in round 0
+        raise DataError(f"{data.name}: the test set is empty; the run evaluates on it (give test data)")
     if dcfg.parallelism != "data":
         from trustworthy_dl.engine.pipeline_setup import build_pipeline_experiment
 
@@ -190,6 +192,15 @@ def build_experiment(
         ids = plan.worst_case(cfg.num_byzantine)[1]  # the omniscient adversary's choice of nodes
         attack_cfg = attack_cfg.model_copy(update={"byzantine_ids": sorted(ids)})
     adversary = AdversarialAttacker(attack_cfg, num_nodes=n, seed=cfg.seed)
+    if comm.world_size > 1 and dcfg.round_timeout_s is not None:
+        need = adversary.needs_view(attack_cfg.start_round)
+        if need != "none":  # its all-gather waits for every colluding process, deadline or not
+            raise ConfigError(
+                f"attack {attack_cfg.name!r} needs the {'honest' if need == 'all' else 'colluders'} rows before "
+                "it sends (an all-gather that waits for every process), which distributed.round_timeout_s "
+                "cannot bound under torchrun: drop the deadline, or use an attack from each node's own row "
+                "(attack.collude=false, or attack.knowledge=colluders with one Byzantine process)"
+            )
     if plan is not None:
         plan.bind(adversary.byzantine_ids)
     aggregator = build_run_aggregator(cfg)

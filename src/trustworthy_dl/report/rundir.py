@@ -32,8 +32,11 @@ def prepare_run_dir(path: Path, *, overwrite: bool, config: dict[str, Any]) -> P
     """Create ``path`` and write the resolved config; refuse to write over an earlier run."""
     check_run_dir(path, overwrite=overwrite)
     path.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for f in ("metrics.jsonl", "summary.json"):
+    if overwrite:  # the earlier run's files, all of them: a stale checkpoint or fault log would be
+        # resumed or reported as this run's
+        stale = ["metrics.jsonl", "summary.json", "faults.jsonl", "checkpoint.pt", "checkpoint.tmp"]
+        stale += ["model.safetensors"] + [p.name for p in path.glob("metrics.interrupted-*.jsonl")]
+        for f in stale:
             (path / f).unlink(missing_ok=True)
     (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return path

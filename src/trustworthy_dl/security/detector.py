@@ -61,7 +61,7 @@ class Stage1Detector:
         combine: "any" (flagged by at least one method), "all" (by every method) or "vote"
             (by at least half of them, rounded up).
         num_coords: coordinates sampled per round; None or >= D uses all of them.
-        params: per-method keyword arguments, e.g. ``{"distance": {"threshold": 5.0}}``.
+        params: per-method keyword arguments, e.g. ``{"distance": {"thresholds": {"norm": 5.0}}}``.
         diagnostics: also log per-node scores and each method's per-node values in ``info``
             (rounded JSON lists: ~0.2 ms a round at N = 16, more than the rank statistics).
     """

@@ -1,0 +1,116 @@
+"""Bad input found in review: detection parameters, an empty test set, an overwritten run's
+leftovers, a deadline that a colluding attack's exchange cannot keep."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trustworthy_dl.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+DEFENDED = str(REPO / "configs" / "fmnist_defended.yaml")
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ("{distance: {threshold: 5.0}}", "unexpected keyword argument 'threshold'"),
+        ("{distance: {thresholds: {norm: -5}}}", "thresholds must be > 0"),
+        ('{mandera: {with_krum: "no"}}', "mandera.with_krum='no': expected a bool"),
+        ('{mandera: {alpha: "x"}}', "expected a float"),
+    ],
+)
+def test_bad_detection_parameters_fail_at_load(
+    capsys: pytest.CaptureFixture[str], params: str, needle: str
+) -> None:
+    code = main(["validate", DEFENDED, "--set", f"security.detection_params={params}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and needle in err, err
+
+
+def test_good_detection_parameters_and_unknown_methods(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["validate", DEFENDED, "--set", "security.detection_params={distance: {thresholds: {norm: 5}}}"])
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["validate", DEFENDED, "--set", "security.detection_methods=[nope]"]) == 2
+    assert "unknown detection method 'nope'" in capsys.readouterr().err
+
+
+def _idx(arr: np.ndarray) -> bytes:
+    return bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+
+
+def test_an_empty_test_set_is_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = tmp_path / "data" / "mnist"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 0)):
+        (d / f"{prefix}-images-idx3-ubyte.gz").write_bytes(
+            gzip.compress(_idx(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)))
+        )
+        (d / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(
+            gzip.compress(_idx(rng.integers(0, 10, (n,), dtype=np.uint8)))
+        )
+    out = tmp_path / "run"
+    sets = [
+        "data.name=mnist",
+        f"data.root={tmp_path / 'data'}",
+        "distributed.num_nodes=4",
+        "training.max_rounds=2",
+    ]
+    code = main(["run", "--out", str(out), "--quiet", *[a for s in sets for a in ("--set", s)]])
+    err = capsys.readouterr().err
+    assert code == 2 and "test set is empty" in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_overwrite_removes_the_earlier_runs_leftovers(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "faults.jsonl",
+        "checkpoint.pt",
+        "metrics.interrupted-1.jsonl",
+    ):
+        (out / name).write_text("old\n")
+    sets = ["training.max_rounds=2", "distributed.num_nodes=4", "output.overwrite=true", "output.plots=false"]
+    assert main(["run", "--out", str(out), "--quiet", *[a for s in sets for a in ("--set", s)]]) == 0
+    left = sorted(p.name for p in out.iterdir())
+    assert (
+        "faults.jsonl" not in left
+        and "checkpoint.pt" not in left
+        and "metrics.interrupted-1.jsonl" not in left
+    )
+    assert (out / "metrics.jsonl").read_text() != "old\n" and "summary.json" in left
+
+
+@pytest.mark.distributed
+def test_a_deadline_with_a_colluding_attack_under_torchrun_is_a_config_error(tmp_path: Path) -> None:
+    sets = [
+        "distributed.num_nodes=4",
+        "training.max_rounds=2",
+        "distributed.round_timeout_s=1.0",
+        "attack.name=alie",
+        "attack.num_byzantine=1",
+    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["--max-restarts", "0", "-m", "trustworthy_dl", "run", "--quiet", "--out", str(tmp_path / "run")]
+    cmd += [a for s in sets for a in ("--set", s)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "cannot bound under torchrun" in proc.stderr, proc.stderr[-2000:]

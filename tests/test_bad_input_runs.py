@@ -114,3 +114,17 @@ def test_a_deadline_with_a_colluding_attack_under_torchrun_is_a_config_error(tmp
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "cannot bound under torchrun" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_launch_refuses_what_every_rank_would_before_starting_torchrun(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["launch", "-n", "3", "--set", "distributed.num_nodes=2"]) == 2
+    assert "every process needs at least one node" in capsys.readouterr().err
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.yaml").write_text("seed: 0\n")  # an earlier, unfinished run
+    assert main(["launch", "-n", "2", "--set", "distributed.num_nodes=4", "--out", str(old)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["launch", "-n", "2", "--resume", str(old)]) == 2
+    assert "no checkpoint.pt" in capsys.readouterr().err

@@ -20,8 +20,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trustworthy_dl.errors import TdlError
+
+if TYPE_CHECKING:
+    from trustworthy_dl.config import Config
 
 __all__ = ["main"]
 
@@ -150,6 +154,38 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_launch(args: argparse.Namespace, cfg: Config) -> None:
+    """What every rank would refuse, refused once here: torchrun would otherwise retry a bad start
+    ``max_restarts`` times and end in its own traceback (and a restart attempt must never take
+    an earlier run's directory for its own)."""
+    import torch
+
+    from trustworthy_dl.engine.setup import check_supported
+    from trustworthy_dl.report.rundir import check_run_dir
+
+    procs = args.nproc * args.nnodes
+    if procs > cfg.distributed.num_nodes:
+        raise TdlError(
+            f"{procs} processes (--nproc {args.nproc} x --nnodes {args.nnodes}) for "
+            f"distributed.num_nodes={cfg.distributed.num_nodes}: every process needs at least one node"
+        )
+    check_supported(cfg)
+    if cfg.distributed.dist_backend == "nccl" and not torch.cuda.is_available():
+        raise TdlError(
+            "distributed.dist_backend=nccl needs CUDA GPUs, and this machine has none; use gloo or auto"
+        )
+    if args.node_rank != 0:
+        return
+    if args.resume:
+        run_dir = Path(args.resume)
+        if (run_dir / "summary.json").exists():
+            raise TdlError(f"{args.resume!r} holds a finished run (summary.json): nothing to resume")
+        if not (run_dir / "checkpoint.pt").is_file():
+            raise TdlError(f"{args.resume!r} has no checkpoint.pt to resume from")
+    else:
+        check_run_dir(Path(args.out or cfg.resolved_output_dir()), overwrite=cfg.output.overwrite)
+
+
 def _cmd_launch(args: argparse.Namespace) -> int:
     if args.resume:
         cfg = _load(argparse.Namespace(config=_resume_config(args), overrides=args.overrides))
@@ -168,6 +204,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     restarts = cfg.distributed.max_restarts if args.max_restarts is None else args.max_restarts
     if restarts < 0:
         raise TdlError(f"--max-restarts must be >= 0, got {restarts}")
+    _check_launch(args, cfg)
     if args.nnodes > 1:
         where = [
             f"--nnodes={args.nnodes}",

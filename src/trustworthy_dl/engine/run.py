@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from trustworthy_dl.config import Config
 from trustworthy_dl.engine.checkpoint import CHECKPOINT, check_config, load_checkpoint
 from trustworthy_dl.engine.comm import launched_by_torchrun, make_comm
@@ -58,8 +60,9 @@ def run_experiment(
                         _note_restart(run_dir, next_round, rerun)
 
         elif restarted == "restart":  # no checkpoint yet: from round 0, in the same directory
+            assert out_dir is not None
+            _check_same_run(Path(out_dir), cfg)  # the run that crashed, not another one
             if comm.is_coordinator:
-                assert out_dir is not None
                 target = Path(out_dir)
 
                 def prepare() -> None:
@@ -105,6 +108,18 @@ def _torchrun_restart(out_dir: Path | str | None) -> str | None:
     if not (run_dir / "config.yaml").is_file() or (run_dir / "summary.json").exists():
         return None
     return "resume" if (run_dir / CHECKPOINT).is_file() else "restart"
+
+
+def _check_same_run(run_dir: Path, cfg: Config) -> None:
+    """A restarted group continues only the run its directory holds: same config (output.* aside)."""
+    try:
+        theirs = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(
+            f"{str(run_dir)!r}: its config.yaml cannot be read ({err}); not restarting into it"
+        ) from None
+    body = {k: v for k, v in (theirs if isinstance(theirs, dict) else {}).items() if k != "output"}
+    check_config({"config": json.dumps(body, default=str)}, cfg.to_dict())
 
 
 def _note_restart(run_dir: Path, from_round: int, rerun: int) -> None:

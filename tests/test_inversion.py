@@ -114,6 +114,13 @@ def test_privacy_audit_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest
     assert "not an inversion attack" in capsys.readouterr().err
     assert main(_audit_args(tmp_path, "--rounds", "a,b")) == 2
     assert "--rounds" in capsys.readouterr().err
+    assert main(_audit_args(tmp_path, "--iterations", "0")) == 2
+    assert "--iterations must be >= 1" in capsys.readouterr().err
+    assert main(_audit_args(tmp_path, "--rounds", "1000000", "--images", "1")) == 2
+    assert "past the run's end" in capsys.readouterr().err
+    (tmp_path / "audit" / "audit.json").write_text("{}")  # an earlier audit is not overwritten unasked
+    assert main(_audit_args(tmp_path)) == 2
+    assert "already holds an audit" in capsys.readouterr().err
     args = ["privacy-audit", "configs/gpt2_tiny.yaml", "--out", str(tmp_path / "t"), "--quiet"]
     assert main(args) == 2
     assert "reconstructs images" in capsys.readouterr().err

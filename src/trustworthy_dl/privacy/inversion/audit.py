@@ -90,7 +90,13 @@ def run_audit(
 
     rounds = [0] if rounds is None else rounds
     _check(cfg, attack, images, batch_size, rounds)
+    if iterations is not None and iterations < 1:
+        raise ConfigError(f"--iterations must be >= 1, got {iterations}")
     out = Path(out)
+    if (out / "audit.json").exists() and not cfg.output.overwrite:
+        raise ConfigError(
+            f"{str(out)!r} already holds an audit (audit.json); choose another --out or set output.overwrite=true"
+        )
     out.mkdir(parents=True, exist_ok=True)
     if cfg.distributed.parallelism != "data":
         from trustworthy_dl.privacy.inversion.audit_pipeline import run_pipeline_audit
@@ -108,6 +114,11 @@ def run_audit(
         (out / "audit.md").write_text(_markdown(report))
         return report
     exp = build_experiment(cfg)
+    if max(rounds) > exp.total_rounds:
+        raise ConfigError(
+            f"--rounds {max(rounds)} is past the run's end: it trains {exp.total_rounds} rounds "
+            "(training.max_rounds / num_epochs)"
+        )
     if exp.data.kind != "image":
         raise ConfigError(
             f"gradient inversion reconstructs images; {cfg.data.name} is a {exp.data.kind} dataset"

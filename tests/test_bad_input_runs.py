@@ -128,3 +128,15 @@ def test_launch_refuses_what_every_rank_would_before_starting_torchrun(
     assert "already holds a run" in capsys.readouterr().err
     assert main(["launch", "-n", "2", "--resume", str(old)]) == 2
     assert "no checkpoint.pt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"), [("[]", "holds a list"), ('{"trunc', "cannot read this run summary")]
+)
+def test_report_names_a_damaged_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, needle: str
+) -> None:
+    (tmp_path / "summary.json").write_text(text)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err, err

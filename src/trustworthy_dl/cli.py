@@ -15,7 +15,6 @@ User errors (bad config, missing data) print one message and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -290,11 +289,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     d = Path(args.run_dir)
     path = d / "summary.json"
     if path.is_file() and not (d / "sweep.json").is_file():
-        try:
-            summary = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise TdlError(f"{str(path)!r} is not valid JSON: {err}") from None
-        print_summary(summary)
+        from trustworthy_dl.report.rundir import read_summary
+
+        print_summary(read_summary(path))
     elif (d / "headline.md").is_file():
         print((d / "headline.md").read_text(), end="")
     elif not (d / "sweep.json").is_file():

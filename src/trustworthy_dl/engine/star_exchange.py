@@ -163,6 +163,9 @@ class StarExchange:
         receives: dict[int, _Receive] = {}
         for src in range(1, self.world_size):
             self._pending[src] = [p for p in self._pending[src] if not p.done]
+            if not self._pending[src]:  # not late: its silence counts from now (startup and the
+                with self._cv:  # rounds it kept up with are not silence)
+                    self._heard[src] = time.monotonic()
             receives[src] = _Receive(
                 src,
                 tag,

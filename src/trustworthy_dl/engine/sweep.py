@@ -43,8 +43,9 @@ import yaml
 
 from trustworthy_dl.config import load_config, read_yaml
 from trustworthy_dl.engine.sweep_file import SweepSpec
-from trustworthy_dl.errors import ConfigError
+from trustworthy_dl.errors import ConfigError, DataError
 from trustworthy_dl.report.console import RunProgress
+from trustworthy_dl.report.rundir import read_summary
 from trustworthy_dl.report.sweep_tables import write_sweep_tables
 
 __all__ = [
@@ -279,7 +280,10 @@ def _row(point: GridPoint, d: Path, named: dict[str, Cases]) -> dict[str, Any]:
     path = d / "summary.json"
     if not path.exists():
         return {**row, "status": "missing"}
-    s = json.loads(path.read_text())
+    try:
+        s = read_summary(path)
+    except DataError as err:  # one damaged point does not lose the sweep's table
+        return {**row, "status": f"unreadable summary: {err}"}
     det = s.get("detection") or {}
     row.update(
         status="ok",

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from trustworthy_dl.report.metrics import read_metrics
+from trustworthy_dl.report.rundir import read_summary
 from trustworthy_dl.report.sweep_tables import markdown_table, run_dir_of
 
 __all__ = ["experiment_args", "experiment_tables", "run_experiment", "write_experiment_tables"]
@@ -40,7 +41,7 @@ def _load(sweep_dir: Path) -> list[dict[str, Any]]:
         runs.append(
             {
                 "row": row,
-                "summary": json.loads((d / "summary.json").read_text()),
+                "summary": read_summary(d / "summary.json"),
                 "records": read_metrics(d / "metrics.jsonl"),
             }
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from trustworthy_dl.errors import TdlError
+from trustworthy_dl.report.rundir import read_summary
 
 __all__ = ["write_report"]
 
@@ -47,7 +48,7 @@ def write_report(target: str | Path) -> tuple[Path, Path]:
         elif (d / "summary.json").is_file():
             from trustworthy_dl.report.run_page import run_sections
 
-            summary = json.loads((d / "summary.json").read_text())
+            summary = read_summary(d / "summary.json")
             figs.mkdir(exist_ok=True)
             sections = run_sections(d, summary, figs)
             name = (summary.get("run") or {}).get("name", d.name)

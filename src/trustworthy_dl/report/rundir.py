@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from trustworthy_dl.errors import ConfigError
+from trustworthy_dl.errors import ConfigError, DataError
 
 __all__ = ["RUN_FILES", "check_run_dir", "prepare_run_dir", "write_json_atomic"]
 
@@ -55,3 +55,15 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """A run's ``summary.json`` as a dict; a DataError naming the file when it is unreadable,
+    not JSON (a run killed while writing it, an edited file) or not an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: cannot read this run summary ({err})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: a run summary is a JSON object, this holds a {type(value).__name__}")
+    return value

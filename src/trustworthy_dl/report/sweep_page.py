@@ -12,6 +12,7 @@ import numpy as np
 from trustworthy_dl.report.metrics import read_metrics
 from trustworthy_dl.report.report_plots import plot_curves, plot_heatmap, plot_phase_bars, plot_trust_groups
 from trustworthy_dl.report.run_page import Section, config_of, table
+from trustworthy_dl.report.rundir import read_summary
 from trustworthy_dl.report.sweep_tables import LOWER_IS_BETTER, headline, run_dir_of
 
 __all__ = ["sweep_sections"]
@@ -116,7 +117,7 @@ def sweep_sections(sweep_dir: Path, figs: Path) -> list[Section]:
             ev = [x for x in recs if key in x]
             label = _label(r, over) if over else "mean over seeds"
             per_attack[label].append(([x["round"] for x in ev], [float(x[key]) for x in ev]))
-            summary = json.loads((d / "summary.json").read_text())
+            summary = read_summary(d / "summary.json")
             for k, v in (summary.get("time_split_s") or {}).items():
                 phase_sum[k] += float(v) / max(1, int(summary.get("rounds") or 1)) / len(grows)
             tr = [x for x in recs if "trust" in x]

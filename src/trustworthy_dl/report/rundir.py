@@ -61,9 +61,13 @@ def read_summary(path: Path) -> dict[str, Any]:
     """A run's ``summary.json`` as a dict; a DataError naming the file when it is unreadable,
     not JSON (a run killed while writing it, an edited file) or not an object."""
     try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read this run summary ({err})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: cannot read this run summary: not valid JSON ({err})") from None
     if not isinstance(value, dict):
         raise DataError(f"{path}: a run summary is a JSON object, this holds a {type(value).__name__}")
     return value

@@ -4,6 +4,7 @@ resume does not change."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +206,32 @@ def test_verifier_re_runs_leave_batchnorm_statistics_alone() -> None:
     assert len(mine) == len(theirs) > 0
     for (_, a), (_, b) in zip(mine.items(), theirs):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.slow
+def test_huge_finite_activations_blame_their_sender_not_the_honest_stages_downstream() -> None:
+    """Stage 0 scales its activations by 1e30: finite, so they pass the message check, and the
+    honest stage 1 then overflows to NaN on them; only stage 0 is blamed and moved."""
+    data = {
+        "seed": 0,
+        "model": {"name": "cnn"},
+        "data": {"name": "digits"},
+        "training": {"batch_size": 16, "max_rounds": 8, "optimizer": "sgd", "learning_rate": 0.05},
+        "distributed": {"num_nodes": 4, "parallelism": "model", "num_stages": 3, "spares": 1},
+        "security": {"attack_detection": True, "gradient_verification": True, "pipeline_verify_rate": 0.25},
+        "trust": {"snapshot_every": 2},
+        "attack": {
+            "name": "activation_tamper",
+            "byzantine_ids": [0],
+            "start_round": 3,
+            "params": {"mode": "scale", "strength": 1e30},
+        },
+        "output": {"progress": False, "plots": False},
+    }
+    res = run_experiment(config_from_dict(data), write=False)
+    det = res.summary["detection"]
+    assert det["false_quarantines"] == 0 and det["detected"] == 1
+    assert [(e["stage"], e["from"]) for e in res.summary["migrations"]["events"]] == [(0, 0)]
+    # the poisoned steps (NaN loss) were dropped: training is sound once stage 0 has moved
+    after = [r["loss"] for r in res.history if r["round"] > res.summary["migrations"]["events"][0]["round"]]
+    assert after and all(isinstance(v, float) and math.isfinite(v) for v in after)

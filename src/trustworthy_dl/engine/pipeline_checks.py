@@ -50,6 +50,7 @@ class RemoteChecks:
     rejected: list[tuple[int, int, int, str]] = field(
         default_factory=list
     )  # (replica, sender stage, micro, why)
+    tainted: set[int] = field(default_factory=set)  # replicas dropped without blame (ReplicaPass.tainted)
 
 
 def _fields(s: int, S: int) -> list[tuple[str, int | None, str]]:
@@ -139,19 +140,25 @@ def collect_remote_checks(
             digests[u] = comm.recv(torch.empty(32, dtype=torch.uint8), src, tag)
     cap = M * S * max(micro, 1) * 2
     mine = [(m, s, k) for m, rp in enumerate(passes) for s, k, _ in rp.rejected]
+    mine += [(m, -1, k) for m, rp in enumerate(passes) for _, k, _ in rp.tainted]  # stage -1: no blame
     report = torch.full((1 + 3 * cap,), -1, dtype=torch.int64)
     report[0] = len(mine)
     if mine:
         report[1 : 1 + 3 * len(mine)] = torch.tensor(mine, dtype=torch.int64).flatten()
     rejected: list[tuple[int, int, int, str]] = []
+    tainted: set[int] = set()
     if coord:
         rejected = [(m, s, k, why) for m, rp in enumerate(passes) for s, k, why in rp.rejected]
+        tainted = {m for m, rp in enumerate(passes) if rp.tainted}
         for src in range(1, comm.world_size):
             theirs = comm.recv(torch.empty_like(report), src, _TAG - 1)
             n = int(theirs[0])
             for i in range(n):
                 m, s, k = (int(v) for v in theirs[1 + 3 * i : 4 + 3 * i])
-                rejected.append((m, s, k, f"rank {src} received a non-finite message"))
+                if s < 0:
+                    tainted.add(m)
+                else:
+                    rejected.append((m, s, k, f"rank {src} received a non-finite message"))
     else:
         pending.append(comm.isend(report, 0, _TAG - 1))
     for h in pending:
@@ -159,7 +166,7 @@ def collect_remote_checks(
     if not coord:
         return None
     # ---- 4. the coordinator judges
-    out = RemoteChecks(rejected=rejected)
+    out = RemoteChecks(rejected=rejected, tainted=tainted)
     if pp.verifier is not None:
         hops = {
             key: Hop(

@@ -75,6 +75,9 @@ class ReplicaPass:
     loss: float
     hops: list[list[Hop]]  # [stage][micro-batch]
     rejected: list[tuple[int, int, str]] = field(default_factory=list)  # (sender stage, micro, why)
+    # non-finite messages an honest sender would have sent too (its input was already wrong): the
+    # replica is dropped, the sender is not blamed (the stage upstream is cross-validation's case)
+    tainted: list[tuple[int, int, str]] = field(default_factory=list)
 
 
 def check_message(msg: Tensor | None, like: Tensor) -> str | None:
@@ -257,6 +260,7 @@ class StageRunner:
         live: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
         loss = 0.0
         rejected: list[tuple[int, int, str]] = []
+        tainted: list[tuple[int, int, str]] = []
         for row in rows:
             row.zero_()
         tick_list, _ = ticks(schedule, S, m)
@@ -288,8 +292,8 @@ class StageRunner:
                     hop.y_out = sent
                     if s < S - 1:
                         why = check_message(sent, y) if local[s + 1] else None  # remote: the receiver checks
-                        if why is not None:
-                            rejected.append((s, k, why))
+                        if why is not None:  # blamed unless its honest output is non-finite too
+                            (tainted if check_message(y.detach(), y) else rejected).append((s, k, why))
                             sent = self.recompute_output(s, hop)
                         if local[s + 1]:
                             hops[s + 1][k].x_in = sent
@@ -317,7 +321,7 @@ class StageRunner:
                         hop.g_out = sent_g
                         why = check_message(sent_g, g_x) if local[s - 1] else None
                         if why is not None:
-                            rejected.append((s, k, why))
+                            (tainted if check_message(g_x, g_x) else rejected).append((s, k, why))
                             honest_g = self.recompute_messages(s, hop)[1]  # no parameter gradient needed
                             assert honest_g is not None
                             sent_g = honest_g
@@ -328,4 +332,4 @@ class StageRunner:
                             transport.send(sent_g, s - 1, transport.tag("B", s - 1, k))
         if transport is not None:
             transport.finish()
-        return ReplicaPass(loss=loss, hops=hops, rejected=rejected)
+        return ReplicaPass(loss=loss, hops=hops, rejected=rejected, tainted=tainted)

@@ -242,6 +242,9 @@ class PipelineLoop(RoundLoop):
             u = pp.unit(m, s)
             unit_ev[u], reasons[u] = 1.0, f"message rejected (micro-batch {k}): {why}"
             contaminated.add(m)
+        contaminated |= (
+            remote.tainted if remote is not None else {m for m, rp in enumerate(passes) if rp.tainted}
+        )
         recomputations, verify_s = 0, 0.0
         with timer("security"):
             if pp.verifier is not None:

@@ -140,3 +140,24 @@ def test_report_names_a_damaged_summary(
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err, err
+
+
+def test_a_damaged_or_incomplete_checkpoint_is_one_line_without_unsafe_advice(tmp_path: Path) -> None:
+    import torch
+
+    from trustworthy_dl.engine.checkpoint import FORMAT, load_checkpoint
+    from trustworthy_dl.errors import ConfigError
+
+    bad = tmp_path / "random.pt"
+    bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ConfigError) as err:
+        load_checkpoint(bad)
+    assert (
+        "cannot be read" in str(err.value)
+        and "weights_only" not in str(err.value)
+        and "\n" not in str(err.value)
+    )
+    part = tmp_path / "part.pt"
+    torch.save({"format": FORMAT, "config": "{}", "next_round": 3}, part)
+    with pytest.raises(ConfigError, match="is incomplete: it lacks buffers, loop, optimizer"):
+        load_checkpoint(part)

@@ -120,14 +120,40 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for damaged or foreign files
-        raise ConfigError(f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {err})") from None
+        # one line, and never torch's advice to retry with weights_only=False: that would run
+        # code from a file that is damaged or not ours
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        why = (
+            type(err).__name__
+            if "weights_only" in first or not first
+            else f"{type(err).__name__}: {first[:200]}"
+        )
+        raise ConfigError(
+            f"checkpoint {str(path)!r} cannot be read: damaged or not written by trustworthy-dl ({why})"
+        ) from None
     if (
         not isinstance(state, dict)
         or state.get("format") != FORMAT
         or not isinstance(state.get("config"), str)
     ):
         raise ConfigError(f"{str(path)!r} is not a trustworthy-dl checkpoint (format {FORMAT})")
+    missing = sorted(_KEYS - set(state))
+    if missing:
+        raise ConfigError(f"checkpoint {str(path)!r} is incomplete: it lacks {', '.join(missing)}")
     return state
+
+
+_KEYS = {
+    "next_round",
+    "total_rounds",
+    "params",
+    "buffers",
+    "optimizer",
+    "trust",
+    "scheduler",
+    "tracker",
+    "loop",
+}
 
 
 def restore(loop: RoundLoop, state: dict[str, Any]) -> int:

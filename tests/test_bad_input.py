@@ -78,6 +78,11 @@ def test_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: 
         ("data.name=text", "is an image model but data.name='text' is a text dataset"),
         ("trust.initial_trust=0.5", "below security.trust_threshold"),
         ("a=&x 1", "anchors and aliases"),
+        (
+            "faults=[{kind: crash, node: 1, round: 2, bogus: 1}]",
+            "faults.0.bogus: unknown key; valid keys here: kind,",
+        ),
+        ("aggregation.params={f: abc}", "aggregation.params.f='abc'"),
     ],
 )
 def test_bad_values(capsys: pytest.CaptureFixture[str], override: str, needle: str) -> None:

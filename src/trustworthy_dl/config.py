@@ -9,6 +9,7 @@ the valid choices.
 from __future__ import annotations
 
 import datetime as _dt
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -438,10 +439,15 @@ def _short(value: Any) -> str:
 
 
 def _model_at(path: list[str]) -> type[BaseModel] | None:
+    """The section model at ``path`` (list items included: ``faults.0`` is a FaultConfig)."""
     model: type[BaseModel] = Config
-    for key in path:
-        field = model.model_fields.get(key)
+    keys = list(path)
+    while keys:
+        field = model.model_fields.get(keys.pop(0))
         ann = getattr(field, "annotation", None)
+        if typing.get_origin(ann) in (list, tuple) and keys and keys[0].isdigit():
+            keys.pop(0)  # an item of a list of sections
+            ann = (typing.get_args(ann) or (None,))[0]
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return None
         model = ann

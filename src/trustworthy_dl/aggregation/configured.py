@@ -20,7 +20,11 @@ WEIGHTED_RULES = ("mean", "multi_krum", "geometric_median", "centered_clip", "md
 def build_run_aggregator(cfg: Config) -> Aggregator:
     """The configured aggregator; ``f`` defaults to the run's Byzantine count, seeded rules get the run seed."""
     params = dict(cfg.aggregation.params)
-    f = int(params.pop("f", cfg.num_byzantine))
+    f = params.pop("f", cfg.num_byzantine)
+    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
+        raise ConfigError(
+            f"aggregation.params.f={f!r}: the number of Byzantine nodes the rule tolerates, an integer >= 0"
+        )
     if cfg.trust.weighted_aggregation:
         from trustworthy_dl.aggregation.base import AGGREGATORS
 

@@ -118,7 +118,7 @@ def collect_remote_checks(
                 pending.append(comm.isend(t.detach().contiguous(), 0, tag))
             elif coord:
                 shape, dtype = _spec(loop, passes, m, s, k, name)
-                fields[name] = comm.recv(torch.empty(shape, dtype=dtype), src, tag)
+                fields[name] = comm.recv(torch.zeros(shape, dtype=dtype), src, tag)
         if coord:
             got[(m, s, k)] = fields
     # ---- 3. digests of the parameters each holder computed with, and rejected messages
@@ -137,7 +137,7 @@ def collect_remote_checks(
             else:
                 pending.append(comm.isend(d, 0, tag))
         else:
-            digests[u] = comm.recv(torch.empty(32, dtype=torch.uint8), src, tag)
+            digests[u] = comm.recv(torch.zeros(32, dtype=torch.uint8), src, tag)
     cap = M * S * max(micro, 1) * 2
     mine = [(m, s, k) for m, rp in enumerate(passes) for s, k, _ in rp.rejected]
     mine += [(m, -1, k) for m, rp in enumerate(passes) for _, k, _ in rp.tainted]  # stage -1: no blame
@@ -151,10 +151,12 @@ def collect_remote_checks(
         rejected = [(m, s, k, why) for m, rp in enumerate(passes) for s, k, why in rp.rejected]
         tainted = {m for m, rp in enumerate(passes) if rp.tainted}
         for src in range(1, comm.world_size):
-            theirs = comm.recv(torch.empty_like(report), src, _TAG - 1)
-            n = int(theirs[0])
+            theirs = comm.recv(torch.full_like(report, -1), src, _TAG - 1)
+            n = min(max(int(theirs[0]), 0), cap)  # a malformed report cannot index past its entries
             for i in range(n):
                 m, s, k = (int(v) for v in theirs[1 + 3 * i : 4 + 3 * i])
+                if not (0 <= m < M and -1 <= s < S and 0 <= k < max(micro, 1)):
+                    continue
                 if s < 0:
                     tainted.add(m)
                 else:

@@ -128,7 +128,9 @@ class StageTransport:
         self._pending.append(self.comm.isend(t.detach().contiguous(), self.ranks[to_stage], tag))
 
     def recv(self, shape: tuple[int, ...], dtype: torch.dtype, from_stage: int, tag: int) -> Tensor:
-        return self.comm.recv(torch.empty(shape, dtype=dtype), self.ranks[from_stage], tag)
+        return self.comm.recv(
+            torch.zeros(shape, dtype=dtype), self.ranks[from_stage], tag
+        )  # a short message: zeros
 
     def finish(self) -> None:
         for handle in self._pending:

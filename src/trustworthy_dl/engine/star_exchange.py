@@ -170,7 +170,9 @@ class StarExchange:
                 src,
                 tag,
                 torch.zeros(r, k, dtype=meta_RK.dtype),
-                torch.empty(r, d, dtype=local_RD.dtype, device=local_RD.device),
+                # zeros, not empty: a short message from a faulty or Byzantine rank must not
+                # leave the coordinator's uninitialised memory in a row
+                torch.zeros(r, d, dtype=local_RD.dtype, device=local_RD.device),
                 self._cv,
                 self._heard,
             )

@@ -99,21 +99,24 @@ def test_overwrite_removes_the_earlier_runs_leftovers(tmp_path: Path) -> None:
 
 
 @pytest.mark.distributed
-def test_a_deadline_with_a_colluding_attack_under_torchrun_is_a_config_error(tmp_path: Path) -> None:
-    sets = [
-        "distributed.num_nodes=4",
-        "training.max_rounds=2",
-        "distributed.round_timeout_s=1.0",
-        "attack.name=alie",
-        "attack.num_byzantine=1",
-    ]
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["attack.name=alie", "attack.num_byzantine=1"], "cannot bound under torchrun"),
+        (["faults=[{kind: straggler, node: 2, round: 1, delay_s: 40}]"], "declared failed under torchrun"),
+    ],
+)
+def test_what_a_deadline_cannot_bound_under_torchrun_is_a_config_error(
+    tmp_path: Path, extra: list[str], needle: str
+) -> None:
+    sets = ["distributed.num_nodes=4", "training.max_rounds=2", "distributed.round_timeout_s=1.0", *extra]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     cmd += ["--max-restarts", "0", "-m", "trustworthy_dl", "run", "--quiet", "--out", str(tmp_path / "run")]
     cmd += [a for s in sets for a in ("--set", s)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "cannot bound under torchrun" in proc.stderr, proc.stderr[-2000:]
+    assert needle in proc.stderr, proc.stderr[-2000:]
 
 
 def test_launch_refuses_what_every_rank_would_before_starting_torchrun(

@@ -193,6 +193,15 @@ def build_experiment(
         attack_cfg = attack_cfg.model_copy(update={"byzantine_ids": sorted(ids)})
     adversary = AdversarialAttacker(attack_cfg, num_nodes=n, seed=cfg.seed)
     if comm.world_size > 1 and dcfg.round_timeout_s is not None:
+        from trustworthy_dl.engine.star_exchange import stall_seconds
+
+        limit = stall_seconds(dcfg.round_timeout_s)
+        slow = [f.node for f in cfg.faults if f.kind == "straggler" and float(f.delay_s or 0) >= limit]
+        if slow:  # it would be declared dead, restarted, and sleep again at the same round
+            raise ConfigError(
+                f"faults: a straggler of nodes {slow} sleeps >= {limit:g} s, the silence after which a rank is "
+                "declared failed under torchrun: that is a crash (kind: crash) or a shorter delay_s"
+            )
         need = adversary.needs_view(attack_cfg.start_round)
         if need != "none":  # its all-gather waits for every colluding process, deadline or not
             raise ConfigError(

@@ -109,9 +109,11 @@ def test_sweep_grid_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str
     point = tmp_path / "sw" / "name=sign_flip"
     (point / "summary.json").unlink()
     (point / "metrics.jsonl").write_text('{"round": 0, "partial": true}\n')
+    (point / "faults.jsonl").write_text('{"event": "stale"}\n')  # the interrupted run's, not the new one's
     assert main(args) == 0
     assert "1 to run" in capsys.readouterr().out
     assert (point / "interrupted-1" / "metrics.jsonl").read_text() == '{"round": 0, "partial": true}\n'
+    assert (point / "interrupted-1" / "faults.jsonl").is_file() and not (point / "faults.jsonl").exists()
     assert (point / "summary.json").is_file()
     assert main(["sweep", "--grid", "attack.name=nosuch", "--out", str(tmp_path / "bad")]) == 2
 

@@ -121,7 +121,9 @@ def _set_aside(d: Path) -> None:
         k += 1
     keep = d / f"interrupted-{k}"
     keep.mkdir()
-    for f in ("metrics.jsonl", "config.yaml", "run.log"):
+    names = ["metrics.jsonl", "config.yaml", "run.log", "checkpoint.pt", "faults.jsonl", "model.safetensors"]
+    names += [p.name for p in d.glob("metrics.interrupted-*.jsonl")]  # the whole run: its checkpoint
+    for f in names:  # and fault log too (the fresh attempt would overwrite or report them as its own)
         if (d / f).exists():
             (d / f).rename(keep / f)
 

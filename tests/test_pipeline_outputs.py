@@ -235,3 +235,20 @@ def test_huge_finite_activations_blame_their_sender_not_the_honest_stages_downst
     # the poisoned steps (NaN loss) were dropped: training is sound once stage 0 has moved
     after = [r["loss"] for r in res.history if r["round"] > res.summary["migrations"]["events"][0]["round"]]
     assert after and all(isinstance(v, float) and math.isfinite(v) for v in after)
+
+
+def test_recovery_steps_count_from_the_step_after_the_migration() -> None:
+    from types import SimpleNamespace
+
+    from trustworthy_dl.engine.pipeline_summary import _recovery_steps
+
+    losses = [1.0] * 10 + [9.0, 9.0] + [1.0] * 10  # attack from step 10, migration at step 11
+    loop = SimpleNamespace(
+        tracker=SimpleNamespace(attack_start=10),
+        migrations=[{"round": 11}],
+        log=SimpleNamespace(records=[{"loss": v} for v in losses]),
+    )
+    assert _recovery_steps(loop) == 0  # steps 12-16 are back at the pre-attack level at once
+    losses[12] = 9.0  # the first step after the migration still high: one step to recover
+    loop.log.records = [{"loss": v} for v in losses]
+    assert _recovery_steps(loop) == 1

@@ -57,8 +57,8 @@ def _recovery_steps(loop: PipelineLoop, window: int = 5) -> int | None:
         return None
     losses = [rec["loss"] for rec in loop.log.records]
     before = sum(losses[start - window : start]) / window
-    last = max(e["round"] for e in loop.migrations)
-    for r in range(last + window, len(losses) + 1):
+    first = max(e["round"] for e in loop.migrations) + 1  # the migration step's loss came before it
+    for r in range(first + window, len(losses) + 1):
         if sum(losses[r - window : r]) / window <= before:
-            return r - window - last
+            return r - window - first
     return None

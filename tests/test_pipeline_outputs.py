@@ -252,3 +252,32 @@ def test_recovery_steps_count_from_the_step_after_the_migration() -> None:
     losses[12] = 9.0  # the first step after the migration still high: one step to recover
     loop.log.records = [{"loss": v} for v in losses]
     assert _recovery_steps(loop) == 1
+
+
+@pytest.mark.slow
+def test_a_late_quarantine_after_old_evidence_still_rolls_the_stage_back() -> None:
+    """Evidence at step 3 (one tampered step), then clean, then tampering again from step 14: every
+    kept snapshot is newer than the first evidence, so the oldest kept one is restored (was none)."""
+    again = {"name": "parameter_tamper", "byzantine_ids": [1], "start_round": 14}
+    data = {
+        "seed": 0,
+        "model": {"name": "cnn"},
+        "data": {"name": "digits"},
+        "training": {"batch_size": 16, "max_rounds": 18},
+        "distributed": {"num_nodes": 4, "parallelism": "model", "num_stages": 3, "spares": 1},
+        "security": {"attack_detection": True, "gradient_verification": True, "pipeline_verify_rate": 0.5},
+        "trust": {"snapshot_every": 2},
+        "attack": {
+            "name": "parameter_tamper",
+            "byzantine_ids": [1],
+            "start_round": 3,
+            "end_round": 3,
+            "also": [again],
+        },
+        "output": {"progress": False, "plots": False},
+    }
+    (event,) = run_experiment(config_from_dict(data), write=False).summary["migrations"]["events"]
+    assert (
+        event["from"] == 1 and event["restored_from_round"] is not None and event["restored_from_round"] > 3
+    )
+    assert "predates every kept snapshot" in event["note"]

@@ -414,7 +414,7 @@ class PipelineLoop(RoundLoop):
         t0 = time.perf_counter()
         s, m = unit % pp.num_stages, unit // pp.num_stages
         since = self.first_evidence.get(from_node, r)
-        snap = pp.snapshots.before(since - 1)
+        snap, old_evidence = pp.snapshots.for_evidence(since)
         cols = pp.staged.cols[s]
         moved = pp.staged.stage_sizes()[s] * self.exp.flat.params_D.element_size()
         restored_from = None
@@ -441,8 +441,13 @@ class PipelineLoop(RoundLoop):
             "restored_from_round": restored_from,
             "seconds": round(time.perf_counter() - t0, 6),
         }
-        if units_now > 1:
-            event["note"] = f"no spare left: node {to_node} now holds {units_now} units"
+        notes = [f"no spare left: node {to_node} now holds {units_now} units"] if units_now > 1 else []
+        if old_evidence:
+            notes.append(
+                f"first evidence at step {since} predates every kept snapshot: restored from the oldest"
+            )
+        if notes:
+            event["note"] = "; ".join(notes)
         self.migrations.append(event)
 
     # ------------------------------------------------------------------ checkpoint

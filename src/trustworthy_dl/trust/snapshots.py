@@ -4,7 +4,8 @@ Every ``trust.snapshot_every`` steps the coordinator copies the flat parameters 
 optimizer's per-parameter state, but only if no node had evidence against it since the previous
 snapshot (a snapshot taken while an attack is being seen could hold its effect). When a
 distrusted stage holder is replaced, the stage's columns (and their optimizer state) are restored
-from the newest snapshot taken no later than the first evidence against that holder.
+from the newest snapshot taken no later than the first evidence against that holder (the oldest
+kept one when the evidence is older than all of them).
 
 Legend: D flat parameters.
 """
@@ -59,6 +60,16 @@ class SnapshotStore:
         """The newest snapshot taken at or before ``round_idx`` (None if there is none)."""
         found = [s for s in self.snapshots if s.round <= round_idx]
         return found[-1] if found else None
+
+    def for_evidence(self, first_round: int) -> tuple[Snapshot | None, bool]:
+        """The snapshot to restore a holder whose first evidence came in ``first_round``: the newest
+        one taken before it; when every kept snapshot is newer (evidence long ago, then a late
+        quarantine), the oldest kept, the earliest verified state left, rather than none (then the
+        flag is True). (None, False) when there is no snapshot at all."""
+        snap = self.before(first_round - 1)
+        if snap is None and self.snapshots:
+            return self.snapshots[0], True
+        return snap, False
 
     @staticmethod
     def restore(snap: Snapshot, cols: slice, params_D: Tensor, opt: torch.optim.Optimizer) -> int:

@@ -9,13 +9,13 @@ the valid choices.
 from __future__ import annotations
 
 import datetime as _dt
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trustworthy_dl.config_base import _Section
+from trustworthy_dl.config_errors import format_validation_error
 from trustworthy_dl.config_privacy import PrivacyConfig
 from trustworthy_dl.config_redundancy import Placement, RedundancyConfig
 from trustworthy_dl.config_yaml import load_yaml_text, read_yaml
@@ -416,44 +416,6 @@ class Config(_Section):
 # --------------------------------------------------------------------------- loading & errors
 
 
-def _format_validation_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
-        path = ".".join(loc) or "<root>"
-        if e["type"] == "extra_forbidden":
-            parent = _model_at(loc[:-1])
-            valid = ", ".join(parent.model_fields) if parent else "?"
-            lines.append(f"{path}: unknown key; valid keys here: {valid}")
-            continue
-        msg = e["msg"].removeprefix("Value error, ")
-        value = e.get("input")
-        shown = "" if isinstance(value, dict) or e["type"] == "missing" else f" (got {_short(value)})"
-        lines.append(f"{path}: {msg}{shown}".replace("\n", " "))
-    return "invalid config: " + "; ".join(lines)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _model_at(path: list[str]) -> type[BaseModel] | None:
-    """The section model at ``path`` (list items included: ``faults.0`` is a FaultConfig)."""
-    model: type[BaseModel] = Config
-    keys = list(path)
-    while keys:
-        field = model.model_fields.get(keys.pop(0))
-        ann = getattr(field, "annotation", None)
-        if typing.get_origin(ann) in (list, tuple) and keys and keys[0].isdigit():
-            keys.pop(0)  # an item of a list of sections
-            ann = (typing.get_args(ann) or (None,))[0]
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return None
-        model = ann
-    return model
-
-
 def config_from_dict(data: dict[str, Any] | None) -> Config:
     """Validate a plain dict (as read from YAML) into a :class:`Config`."""
     data = data or {}
@@ -462,7 +424,7 @@ def config_from_dict(data: dict[str, Any] | None) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err)) from None
+        raise ConfigError(format_validation_error(err, Config)) from None
     except TdlError as err:  # raised by a registry inside a validator
         raise ConfigError(str(err)) from None
 

@@ -70,22 +70,27 @@ def _resume_cfg(out: Path) -> Any:
     )
 
 
+def _interrupt_at(monkeypatch: pytest.MonkeyPatch, cfg: Any, round_idx: int) -> None:
+    """Run ``cfg`` until round ``round_idx`` raises KeyboardInterrupt (a crash); rounds run normally after."""
+    step = PipelineLoop._round
+
+    def crash(self: PipelineLoop, r: int) -> Any:
+        if r == round_idx:
+            raise KeyboardInterrupt
+        return step(self, r)
+
+    with monkeypatch.context() as m:
+        m.setattr(PipelineLoop, "_round", crash)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(cfg)
+
+
 @pytest.mark.slow
 def test_a_resumed_pipeline_run_reports_the_same_verification_rate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     full = run_experiment(_resume_cfg(tmp_path / "full")).summary["verification"]
-    step = PipelineLoop._round
-
-    def crash(self: PipelineLoop, r: int) -> Any:
-        if r == 6:
-            raise KeyboardInterrupt
-        return step(self, r)
-
-    monkeypatch.setattr(PipelineLoop, "_round", crash)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(_resume_cfg(tmp_path / "cut"))
-    monkeypatch.setattr(PipelineLoop, "_round", step)
+    _interrupt_at(monkeypatch, _resume_cfg(tmp_path / "cut"), 6)
     assert main(["run", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
     cut = json.loads((tmp_path / "cut" / "summary.json").read_text())["verification"]
     assert cut["recomputed_per_step"] == full["recomputed_per_step"] > 0
@@ -145,17 +150,7 @@ def test_a_time_balanced_cut_is_measured_once_and_kept_on_resume(
         return config_from_dict(c)
 
     monkeypatch.setattr(setup, "block_times", lambda model, x: [1.0, 1.0, 4.0])  # cut after block 2
-    step = PipelineLoop._round
-
-    def crash(self: PipelineLoop, r: int) -> Any:
-        if r == 5:
-            raise KeyboardInterrupt
-        return step(self, r)
-
-    monkeypatch.setattr(PipelineLoop, "_round", crash)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(cfg())
-    monkeypatch.setattr(PipelineLoop, "_round", step)
+    _interrupt_at(monkeypatch, cfg(), 5)
     monkeypatch.setattr(setup, "block_times", lambda model, x: [4.0, 1.0, 1.0])  # would cut after block 1
     assert main(["run", "--resume", str(tmp_path / "run"), "--quiet"]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from trustworthy_dl.config import config_from_dict
+from test_privacy import _cfg as privacy_cfg
 from trustworthy_dl.engine.flat import FlatModel
 from trustworthy_dl.engine.run import run_experiment
 from trustworthy_dl.engine.task import Task
@@ -21,17 +21,9 @@ from trustworthy_dl.privacy.per_sample import first_copies
 
 
 def _cfg(out: Path, **extra: Any):  # type: ignore[no-untyped-def]
-    data: dict[str, Any] = {
-        "data": {"name": "digits"},
-        "model": {"name": "mlp"},
-        "training": {"batch_size": 16, "max_rounds": 4, "eval_every": 4},
-        "distributed": {"num_nodes": 4},
-        "privacy": {"enabled": True, "noise_multiplier": 1.0, "clip_norm": 1.0},
-        "output": {"dir": str(out), "progress": False, "plots": False},
-    }
-    for k, v in extra.items():
-        data.setdefault(k, {}).update(v)
-    return config_from_dict(data)
+    """test_privacy's config (digits, MLP, DP-SGD sigma 1), smaller: 4 nodes, 4 rounds."""
+    extra = {"distributed": {"num_nodes": 4}, "training": {"max_rounds": 4, "eval_every": 4}, **extra}
+    return privacy_cfg(out, **extra)
 
 
 def test_first_copies_marks_each_input_label_pair_once() -> None:

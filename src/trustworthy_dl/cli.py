@@ -159,6 +159,7 @@ def _check_launch(args: argparse.Namespace, cfg: Config) -> None:
     an earlier run's directory for its own)."""
     import torch
 
+    from trustworthy_dl.engine.checkpoint import CHECKPOINT
     from trustworthy_dl.engine.setup import check_supported
     from trustworthy_dl.report.rundir import check_run_dir
 
@@ -179,8 +180,8 @@ def _check_launch(args: argparse.Namespace, cfg: Config) -> None:
         run_dir = Path(args.resume)
         if (run_dir / "summary.json").exists():
             raise TdlError(f"{args.resume!r} holds a finished run (summary.json): nothing to resume")
-        if not (run_dir / "checkpoint.pt").is_file():
-            raise TdlError(f"{args.resume!r} has no checkpoint.pt to resume from")
+        if not (run_dir / CHECKPOINT).is_file():
+            raise TdlError(f"{args.resume!r} has no {CHECKPOINT} to resume from")
     else:
         check_run_dir(Path(args.out or cfg.resolved_output_dir()), overwrite=cfg.output.overwrite)
 

@@ -32,6 +32,7 @@ __all__ = [
     "CHECKPOINT",
     "FORMAT",
     "check_config",
+    "config_body",
     "config_difference",
     "load_checkpoint",
     "restore",
@@ -42,7 +43,7 @@ CHECKPOINT = "checkpoint.pt"
 FORMAT = 1
 
 
-def _body(config: dict[str, Any]) -> dict[str, Any]:
+def config_body(config: dict[str, Any]) -> dict[str, Any]:
     """What must not change across a resume: every section but ``output``, as plain JSON values."""
     body = {k: v for k, v in config.items() if k != "output"}
     return json.loads(json.dumps(body, sort_keys=True, default=str))
@@ -68,7 +69,7 @@ def config_difference(saved: dict[str, Any], current: dict[str, Any], path: str 
 
 def check_config(state: dict[str, Any], config: dict[str, Any]) -> None:
     """A ConfigError naming the first setting (outside ``output``) that differs from the checkpoint's."""
-    diff = config_difference(json.loads(state["config"]), _body(config))
+    diff = config_difference(json.loads(state["config"]), config_body(config))
     if diff is not None:
         raise ConfigError(
             f"the checkpoint was written by a run with another config ({diff}); resume with the run's "
@@ -84,7 +85,7 @@ def save_checkpoint(loop: RoundLoop, path: Path, *, next_round: int, wall_s: flo
         "format": FORMAT,
         "next_round": next_round,
         "total_rounds": exp.total_rounds,
-        "config": json.dumps(_body(exp.cfg.to_dict()), sort_keys=True),
+        "config": json.dumps(config_body(exp.cfg.to_dict()), sort_keys=True),
         "params": exp.flat.params_D.detach().clone(),
         "buffers": {name: b.detach().clone() for name, b in exp.flat.model.named_buffers()},
         "optimizer": exp.optimizer.state_dict(),

@@ -52,9 +52,10 @@ class CoordinatorOptimizer:
                 update_D = update_D * (self.cfg.grad_clip / norm)
         frozen = frozen_D if frozen_D is not None and bool(frozen_D.any()) else None
         saved: list[tuple[Tensor, Tensor]] = []
+        had_state: set[int] = set()
         if frozen is not None:
             saved = [(t, t[frozen].clone()) for t in [self.params_D.data, *self.state_vectors()]]
-        had_state = {id(t) for t in self.state_vectors()}
+            had_state = {id(t) for t, _ in saved[1:]}
         self.params_D.grad = update_D
         self.opt.step()
         self.params_D.grad = None

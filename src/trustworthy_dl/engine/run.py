@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from trustworthy_dl.config import Config
-from trustworthy_dl.engine.checkpoint import CHECKPOINT, check_config, load_checkpoint
+from trustworthy_dl.engine.checkpoint import CHECKPOINT, check_config, config_body, load_checkpoint
 from trustworthy_dl.engine.comm import launched_by_torchrun, make_comm
 from trustworthy_dl.engine.fault_log import FaultLog
 from trustworthy_dl.engine.faults import FaultSchedule, restart_attempt
@@ -118,8 +118,9 @@ def _check_same_run(run_dir: Path, cfg: Config) -> None:
         raise ConfigError(
             f"{str(run_dir)!r}: its config.yaml cannot be read ({err}); not restarting into it"
         ) from None
-    body = {k: v for k, v in (theirs if isinstance(theirs, dict) else {}).items() if k != "output"}
-    check_config({"config": json.dumps(body, default=str)}, cfg.to_dict())
+    check_config(
+        {"config": json.dumps(config_body(theirs if isinstance(theirs, dict) else {}))}, cfg.to_dict()
+    )
 
 
 def _note_restart(run_dir: Path, from_round: int, rerun: int) -> None:

@@ -45,7 +45,7 @@ from trustworthy_dl.config import load_config, read_yaml
 from trustworthy_dl.engine.sweep_file import SweepSpec
 from trustworthy_dl.errors import ConfigError, DataError
 from trustworthy_dl.report.console import RunProgress
-from trustworthy_dl.report.rundir import read_summary
+from trustworthy_dl.report.rundir import read_summary, run_outputs
 from trustworthy_dl.report.sweep_tables import write_sweep_tables
 
 __all__ = [
@@ -121,11 +121,10 @@ def _set_aside(d: Path) -> None:
         k += 1
     keep = d / f"interrupted-{k}"
     keep.mkdir()
-    names = ["metrics.jsonl", "config.yaml", "run.log", "checkpoint.pt", "faults.jsonl", "model.safetensors"]
-    names += [p.name for p in d.glob("metrics.interrupted-*.jsonl")]  # the whole run: its checkpoint
-    for f in names:  # and fault log too (the fresh attempt would overwrite or report them as its own)
-        if (d / f).exists():
-            (d / f).rename(keep / f)
+    # the whole run, its checkpoint and fault log too (the fresh attempt would overwrite or report
+    # them as its own), with the config and the point's log
+    for f in [*run_outputs(d), *(d / n for n in ("config.yaml", "run.log") if (d / n).exists())]:
+        f.rename(keep / f.name)
 
 
 def _check_same_config(d: Path, expected: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from trustworthy_dl.errors import ConfigError
 from trustworthy_dl.privacy.accountant import ShardAccountant, noise_for_target
 from trustworthy_dl.privacy.mechanism import NodePrivacy
 
-__all__ = ["PrivacyLayer", "build_privacy", "check_privacy"]
+__all__ = ["PrivacyLayer", "build_privacy", "check_privacy", "finite_epsilon"]
 
 
 @dataclass
@@ -34,20 +34,20 @@ class PrivacyLayer:
             "target_epsilon": cfg.target_epsilon,
             "delta": cfg.delta,
             "accountant": cfg.accountant if self.accountant is not None else None,
-            "epsilon": _finite(self.accountant.epsilon()) if self.accountant is not None else None,
+            "epsilon": finite_epsilon(self.accountant.epsilon()) if self.accountant is not None else None,
             "bytes_per_update": self.mechanism.bytes_per_update(),
             "dense_bytes_per_update": self.mechanism.flat.num_params
             * self.mechanism.flat.params_D.element_size(),
         }
         if self.accountant is not None:
-            out["epsilon_per_shard"] = [_finite(e) for e in self.accountant.per_shard()]
+            out["epsilon_per_shard"] = [finite_epsilon(e) for e in self.accountant.per_shard()]
             out["sample_rates"] = [round(q, 6) for q in self.accountant.sample_rates]
         if cfg.sparsify.kind != "none":
             out["sparsify"] = cfg.sparsify.model_dump()
         return out
 
 
-def _finite(x: float) -> float | str:
+def finite_epsilon(x: float) -> float | str:
     return round(x, 4) if x != float("inf") else "inf"
 
 

@@ -11,7 +11,15 @@ import yaml
 
 from trustworthy_dl.errors import ConfigError, DataError
 
-__all__ = ["RUN_FILES", "check_run_dir", "prepare_run_dir", "write_json_atomic"]
+__all__ = [
+    "RUN_FILES",
+    "RUN_OUTPUTS",
+    "check_run_dir",
+    "prepare_run_dir",
+    "read_summary",
+    "run_outputs",
+    "write_json_atomic",
+]
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
 
@@ -28,16 +36,32 @@ def check_run_dir(path: Path, *, overwrite: bool) -> None:
         )
 
 
+#: What a run writes besides config.yaml (engine/checkpoint.py's CHECKPOINT and its .tmp, and
+#: report/weights.py's WEIGHTS_FILE, by name: this module is imported before torch is)
+RUN_OUTPUTS = (
+    "metrics.jsonl",
+    "summary.json",
+    "faults.jsonl",
+    "checkpoint.pt",
+    "checkpoint.tmp",
+    "model.safetensors",
+)
+
+
+def run_outputs(path: Path) -> list[Path]:
+    """The files of a run in ``path`` that exist: :data:`RUN_OUTPUTS` and set-aside metrics."""
+    return [path / f for f in RUN_OUTPUTS if (path / f).exists()] + sorted(
+        path.glob("metrics.interrupted-*.jsonl")
+    )
+
+
 def prepare_run_dir(path: Path, *, overwrite: bool, config: dict[str, Any]) -> Path:
     """Create ``path`` and write the resolved config; refuse to write over an earlier run."""
     check_run_dir(path, overwrite=overwrite)
     path.mkdir(parents=True, exist_ok=True)
     if overwrite:  # the earlier run's files, all of them: a stale checkpoint or fault log would be
-        # resumed or reported as this run's
-        stale = ["metrics.jsonl", "summary.json", "faults.jsonl", "checkpoint.pt", "checkpoint.tmp"]
-        stale += ["model.safetensors"] + [p.name for p in path.glob("metrics.interrupted-*.jsonl")]
-        for f in stale:
-            (path / f).unlink(missing_ok=True)
+        for f in run_outputs(path):  # resumed or reported as this run's
+            f.unlink()
     (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 

@@ -31,6 +31,7 @@ from trustworthy_dl.config import Config, config_from_dict
 from trustworthy_dl.errors import ConfigError
 from trustworthy_dl.privacy.inversion.attacks import ATTACKS, invert
 from trustworthy_dl.privacy.inversion.quality import image_quality, label_accuracy, save_grid
+from trustworthy_dl.privacy.setup import finite_epsilon
 
 __all__ = ["MAX_BATCH", "run_audit"]
 
@@ -221,12 +222,8 @@ def _audit_privacy(priv: Any, epsilon: float | None) -> dict[str, Any]:
     The audit builds the experiment without training it, so the accountant's own (current)
     epsilons would all be 0: they are left out, and ``epsilon_at_run_end`` is the figure."""
     out = {k: v for k, v in priv.summary().items() if k not in ("epsilon", "epsilon_per_shard")}
-    out["epsilon_at_run_end"] = None if epsilon is None else _finite_eps(epsilon)
+    out["epsilon_at_run_end"] = None if epsilon is None else finite_epsilon(epsilon)
     return out
-
-
-def _finite_eps(x: float) -> float | str:
-    return round(x, 4) if x != float("inf") else "inf"
 
 
 def _markdown(rep: dict[str, Any]) -> str:

@@ -39,13 +39,16 @@ ATTACKS: dict[str, tuple[str, dict, bool]] = {
     "sign_flip_x3": ("sign_flip", {"scale": 3.0}, False),
 }
 
-# what each reported "method" runs: the default stage 1 and each method alone, and the rank test
-# with the norm (``with_norm``) or the Krum score (``with_krum``) as a third feature, alone and
-# with distance
+# what each reported "method" runs: the default stage 1 and each method alone (the rank test with
+# its per-node memory, ``history_decay`` 0.8), the same on each round alone (``*_1round``:
+# ``history_decay`` 0), and the rank test with the norm (``with_norm``) or the Krum score
+# (``with_krum``) as a third feature, alone and with distance
 METHODS: dict[str, tuple[str, ...]] = {
     "default": ("mandera", "distance"),
     "mandera": ("mandera",),
     "distance": ("distance",),
+    "default_1round": ("mandera", "distance"),
+    "mandera_1round": ("mandera",),
     "mandera_paper": ("mandera_paper",),
     "mandera_norm": ("mandera",),
     "default_norm": ("mandera", "distance"),
@@ -53,6 +56,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "default_krum": ("mandera", "distance"),
 }
 METHOD_PARAMS: dict[str, dict] = {
+    "default_1round": {"mandera": {"history_decay": 0.0}},
+    "mandera_1round": {"mandera": {"history_decay": 0.0}},
     "mandera_norm": {"mandera": {"with_norm": True}},
     "default_norm": {"mandera": {"with_norm": True}},
     "mandera_krum": {"mandera": {"with_krum": True}},
@@ -156,15 +161,18 @@ def score_rounds(
     num_coords: int | None = 100_000,
 ) -> dict[tuple[str, str], Counts]:
     """Like :func:`score_grid`, over honest rounds collected once (reused for every Byzantine count)."""
+    # one detector per (method, attack): the rank test remembers each node's past rounds, which
+    # must be the rounds of the same attack
     detectors = {
-        m: Stage1Detector(methods=ms, num_coords=num_coords, params=METHOD_PARAMS.get(m))
+        (m, a): Stage1Detector(methods=ms, num_coords=num_coords, params=METHOD_PARAMS.get(m))
         for m, ms in methods.items()
+        for a in attacks
     }
     cells = {(m, a): Counts() for m in methods for a in attacks}
     for r, honest_ND in enumerate(rounds):
         for a in attacks:
             x_ND, byz_N = attacked(a, honest_ND, num_byzantine=num_byzantine, round=r, seed=seed)
-            for m, det in detectors.items():
+            for m in methods:
                 g = torch.Generator().manual_seed(seed * 1_000_003 + r)
-                cells[m, a].add(det.inspect(x_ND, generator=g).flags_N, byz_N)
+                cells[m, a].add(detectors[m, a].inspect(x_ND, generator=g).flags_N, byz_N)
     return cells

@@ -342,9 +342,9 @@ def test_detector_combination_rules():
 
 def test_detector_subset_is_seeded_and_catches_attack():
     x = attacked(3, "scaling")
-    det = Stage1Detector(num_coords=500)
-    a = det.inspect(x, generator=torch.Generator().manual_seed(7))
-    b = det.inspect(x, generator=torch.Generator().manual_seed(7))
+    # two detectors: one detector's second look at a round also remembers the first
+    a = Stage1Detector(num_coords=500).inspect(x, generator=torch.Generator().manual_seed(7))
+    b = Stage1Detector(num_coords=500).inspect(x, generator=torch.Generator().manual_seed(7))
     assert a.info["num_coords"] == 500
     assert torch.equal(a.scores_N, b.scores_N) and a.flags_N[:F].all() and not a.flags_N[F:].any()
 

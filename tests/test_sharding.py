@@ -99,13 +99,16 @@ def test_sharded_stage1_detection_equals_gather(num_coords: int | None, methods:
     rows[[3, 7]] = rows[[0, 1, 2]].mean(0) - 1.5 * rows[[0, 1, 2]].std(0)  # ALIE-like
     rows[7] += 1e-2 * torch.randn(4001, generator=g)  # (exact copies make the collusion score log(~0))
     rows[5, 17] = float("nan")
-    det = Stage1Detector(methods=methods, num_coords=num_coords)
-    whole = det.inspect(rows, generator=torch.Generator().manual_seed(9))
+
+    def det() -> Stage1Detector:  # each process keeps its own (rank-history) state
+        return Stage1Detector(methods=methods, num_coords=num_coords)
+
+    whole = det().inspect(rows, generator=torch.Generator().manual_seed(9))
     assert whole.flags_N[[3, 5, 7]].all()
     parts = _run_shards(
         3,
         rows.shape[1],
-        lambda k, lo, hi: det.inspect(rows[:, lo:hi], generator=torch.Generator().manual_seed(9)),
+        lambda k, lo, hi: det().inspect(rows[:, lo:hi], generator=torch.Generator().manual_seed(9)),
     )
     for res in parts:
         assert torch.equal(res.flags_N, whole.flags_N)

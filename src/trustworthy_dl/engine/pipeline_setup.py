@@ -202,7 +202,8 @@ def build_pipeline_experiment(
         if stats_cfg.security.attack_detection or stats_cfg.security.gradient_verification:
             group_security = []
             for _ in range(s_num):
-                layer = build_security(stats_cfg, num_nodes=m_rep)
+                # no stage-1 memory: a row is a replica, whose stage may migrate to another node
+                layer = build_security(stats_cfg, num_nodes=m_rep, history=False)
                 assert layer is not None
                 group_security.append(layer)
     verifier = (

@@ -12,6 +12,7 @@ Legend: N nodes, D flat parameters, d sampled coordinates.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ from trustworthy_dl.security import distance as _distance  # noqa: F401
 from trustworthy_dl.security import mandera as _mandera  # noqa: F401
 from trustworthy_dl.security import mandera_paper as _mandera_paper  # noqa: F401
 from trustworthy_dl.security.base import DETECTION_METHODS, finite_rows, json_list, sample_coords
+from trustworthy_dl.security.rank_history import RankHistory
 
 __all__ = ["COMBINE_RULES", "Stage1Detector", "Stage1Result"]
 
@@ -64,6 +66,10 @@ class Stage1Detector:
         params: per-method keyword arguments, e.g. ``{"distance": {"thresholds": {"norm": 5.0}}}``.
         diagnostics: also log per-node scores and each method's per-node values in ``info``
             (rounded JSON lists: ~0.2 ms a round at N = 16, more than the rank statistics).
+        history: keep the rank method's per-node memory across rounds (its
+            ``history_decay`` > 0; :mod:`~trustworthy_dl.security.rank_history`): rows are node
+            ids, row i of every round the same node. False: every round on its own (for rows
+            whose owner may change, and for one-off calls).
     """
 
     def __init__(
@@ -74,6 +80,7 @@ class Stage1Detector:
         num_coords: int | None = 100_000,
         params: Mapping[str, Mapping[str, Any]] | None = None,
         diagnostics: bool = False,
+        history: bool = True,
     ) -> None:
         if not methods:
             raise ValueError("Stage1Detector needs at least one method")
@@ -87,6 +94,10 @@ class Stage1Detector:
         if extra:
             raise ValueError(f"params given for methods not in use: {extra}; methods: {self.methods}")
         self.params = {DETECTION_METHODS.canonical(k): dict(v) for k, v in params.items()}
+        if any("history" in p for p in self.params.values()):
+            raise ValueError("history is kept by the detector, not a parameter (use history_decay)")
+        decay = self.params.get("mandera", {}).get("history_decay", _default_decay())
+        self.history = RankHistory(decay) if history and "mandera" in self.methods and decay > 0 else None
         self.combine = combine
         self.num_coords = num_coords
         self.diagnostics = diagnostics
@@ -151,7 +162,11 @@ class Stage1Detector:
             if x_Md.shape[0] < 3:  # too few finite rows to tell anyone apart
                 flagged_by[name] = []
                 continue
-            res = DETECTION_METHODS.get(name)(x_Md, reference_d=ref_d, **self.params.get(name, {}))
+            kwargs = self.params.get(name, {})
+            if name == "mandera" and self.history is not None:
+                rows = range(n) if every else torch.nonzero(use_N).flatten().tolist()
+                kwargs = {**kwargs, "history": self.history.bind(rows)}
+            res = DETECTION_METHODS.get(name)(x_Md, reference_d=ref_d, **kwargs)
             if every:
                 flags_N = res.flags_N.cpu().bool()
                 scores_KN[k] = res.scores_N.to(torch.float64).cpu()
@@ -178,6 +193,18 @@ class Stage1Detector:
             info["scores"] = {name: json_list(scores_KN[k], 3) for k, name in enumerate(self.methods)}
         info["seconds"] = time.perf_counter() - t0
         return Stage1Result(flags_N, scores_N, flags_N.to(torch.float64), info)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history.state_dict() if self.history is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.history is not None and state.get("history") is not None:
+            self.history.load_state_dict(state["history"])
+
+
+def _default_decay() -> float:
+    """The rank method's default ``history_decay`` (from its signature: one source of truth)."""
+    return float(inspect.signature(DETECTION_METHODS.get("mandera")).parameters["history_decay"].default)
 
 
 def _json(values: Tensor) -> list[Any]:

@@ -112,6 +112,7 @@ class SecurityLayer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "detector": self.detector.state_dict() if self.detector else None,
             "verifier": self.verifier.state_dict() if self.verifier else None,
             "rounds": self.rounds,
             "recomputations": self.recomputations,
@@ -120,6 +121,8 @@ class SecurityLayer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.verifier is not None and state.get("verifier") is not None:
             self.verifier.load_state_dict(state["verifier"])
+        if self.detector is not None and state.get("detector") is not None:
+            self.detector.load_state_dict(state["detector"])
         self.rounds, self.recomputations = int(state["rounds"]), int(state["recomputations"])
 
 
@@ -127,8 +130,12 @@ def round_(x: float, nd: int = 6) -> float:
     return round(float(x), nd)
 
 
-def build_security(cfg: Config, *, num_nodes: int) -> SecurityLayer | None:
-    """The configured security layer, or None when detection and verification are both off."""
+def build_security(cfg: Config, *, num_nodes: int, history: bool = True) -> SecurityLayer | None:
+    """The configured security layer, or None when detection and verification are both off.
+
+    ``history``: stage 1 may keep per-node memory (rows are nodes whose identity is stable);
+    False where a row can change owner (a pipeline stage group's replica rows).
+    """
     s = cfg.security
     if not (s.attack_detection or s.gradient_verification):
         return None
@@ -139,6 +146,7 @@ def build_security(cfg: Config, *, num_nodes: int) -> SecurityLayer | None:
                 combine=s.detection_combine,
                 num_coords=s.detection_coords,
                 params=s.detection_params,
+                history=history,
             )
             if s.attack_detection
             else None
@@ -162,5 +170,5 @@ def build_security(cfg: Config, *, num_nodes: int) -> SecurityLayer | None:
     if detector is not None and "mandera" in detector.methods:  # its null, simulated once per N, at set-up
         from trustworthy_dl.security.mandera import warm_null
 
-        warm_null(num_nodes, **detector.params.get("mandera", {}))
+        warm_null(num_nodes, history=detector.history is not None, **detector.params.get("mandera", {}))
     return SecurityLayer(num_nodes, detector=detector, verifier=verifier, seed=cfg.seed)

@@ -37,6 +37,13 @@ half-blob the smaller group.
 Tolerance: fewer than N/2 Byzantine nodes (the smaller group is the malicious one); a group of
 exactly N/2 is never flagged.
 
+Memory (``history``, kept by the detector, :mod:`~trustworthy_dl.security.rank_history`): each
+round the nodes' rank features, in robust units, are folded into per-node running means, and
+the split is made on the round's features and these means together (four dimensions; its null
+simulated in four). A node whose rank profile strays every round (a non-colluding sign flip of a
+noisy gradient) then stands apart from honest nodes that strayed by the luck of one batch.
+Identical copies are found on the round alone, and the rest is then split on the round alone.
+
 Legend: N nodes, d sampled coordinates.
 """
 
@@ -44,6 +51,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -139,14 +147,17 @@ def warm_null(
     null_draws: int = 2000,
     with_norm: bool = False,
     with_krum: bool = False,
+    history: bool = False,
     **_: Any,
 ) -> None:
     """Simulate (and cache) the null quantiles :func:`mandera` will need for N nodes, ahead of
-    the first round (``_`` takes the method's other parameters)."""
+    the first round (``history``: the detector keeps the rank history; ``_`` takes the method's
+    other parameters)."""
     if n >= 3:
         dims = 2 + int(with_norm) + int(with_krum)
-        separation_null(n, null_draws, alpha, dims)
-        separation_null(n, null_draws, 0.5, dims)
+        for d in (dims, dims + 2) if history else (dims,):
+            separation_null(n, null_draws, alpha, d)
+            separation_null(n, null_draws, 0.5, d)
 
 
 def duplicated_rows(feats_NF: Tensor, decimals: int = 9) -> Tensor:
@@ -175,6 +186,8 @@ def mandera(
     seed: int = 0,
     with_norm: bool = False,
     with_krum: bool = False,
+    history_decay: float = 0.8,
+    history: Callable[[Tensor], Tensor | None] | None = None,
 ) -> MethodResult:
     """Flag the smaller 2-means group of rank features when the split is significant.
 
@@ -197,6 +210,12 @@ def mandera(
             n - n // 4 - 2 nearest other rows), in the same robust units: a node far from every
             honest neighbourhood (a non-colluding sign flip of a noisy gradient) moves on it by
             3-10 robust spreads where the rank features move by 2-6.
+        history_decay: the weight of the past in the per-node running means of the rank
+            features (module docstring); read by the detector, which keeps the means and passes
+            ``history``. 0: every round on its own.
+        history: the detector's update of the running means for these rows (takes the round's
+            features in robust units, returns the rows' means, or None before any memory);
+            None: this round alone.
 
     Returns:
         flags_N for the nodes beyond the groups' boundary on the smaller group's side when the
@@ -208,12 +227,16 @@ def mandera(
         raise ValueError(
             f"mandera needs 0 < alpha < 0.5, null_draws >= 100 and starts >= 1, got {alpha}, {null_draws}, {starts}"
         )
+    if not 0 <= history_decay < 1:
+        raise ValueError(f"mandera needs 0 <= history_decay < 1, got {history_decay}")
     n = x_Nd.shape[0]
     feats_N2 = rank_features(x_Nd)
     flags_N = torch.zeros(n, dtype=torch.bool)
     scores_N = torch.zeros(n, dtype=torch.float64)
     per_node = {"features": feats_N2}
     info: dict[str, Any] = {}
+    # the round's features join the nodes' memory every round, copies or not
+    memory_N2 = history(_robust_units(feats_N2)) if history is not None and n >= 3 else None
     if n < 3 or all_rows_equal(feats_N2):
         return MethodResult(flags_N, scores_N, {"minority": 0}, per_node)
     # Identical rank profiles (colluding identical rows) are a group by themselves: nodes that
@@ -243,11 +266,12 @@ def mandera(
         extra.append(reduce_partial(x_Nd.double().square().sum(dim=1)).clamp(min=1e-300).log() / 2)
     if with_krum:
         extra.append(krum_log_scores(x_Nd))
-    if extra:
-        raw_NF = torch.cat([feats_N2, torch.stack(extra, dim=1)], dim=1)
-        centre_F = raw_NF.median(dim=0).values
-        spread_F = MAD_SCALE * (raw_NF - centre_F).abs().median(dim=0).values
-        pts_NF = (raw_NF - centre_F) / spread_F.clamp(min=1e-12)
+    if extra or memory_N2 is not None:
+        raw_NF = torch.cat([feats_N2, *([torch.stack(extra, dim=1)] if extra else [])], dim=1)
+        if memory_N2 is not None:
+            raw_NF = torch.cat([raw_NF, memory_N2], dim=1)
+            info["history"] = True
+        pts_NF = _robust_units(raw_NF)
     labels_N, _ = two_means(pts_NF, starts=starts, seed=seed)
     ones = int(labels_N.sum())
     if 2 * ones == n or ones in (0, n):
@@ -275,3 +299,10 @@ def mandera(
         null_median=round(typical, 4),
     )
     return MethodResult(flags_N, scores_N, info, per_node)
+
+
+def _robust_units(raw_NF: Tensor) -> Tensor:
+    """Each column centred on its median and divided by its robust spread (1.4826 x MAD)."""
+    centre_F = raw_NF.median(dim=0).values
+    spread_F = MAD_SCALE * (raw_NF - centre_F).abs().median(dim=0).values
+    return (raw_NF - centre_F) / spread_F.clamp(min=1e-12)

@@ -170,23 +170,24 @@ class GradientVerifier:
         self._round = round_idx
         reasons: dict[int, str] = {}
         resting: set[int] = set()  # quarantined, not due: not checked this round
+        flags, active = flags_N.tolist(), active_N.tolist()  # Python bools: no tensor indexing per node
         for i in range(n):
-            if not active_N[i] and self.verify_quarantined:
+            if not active[i] and self.verify_quarantined:
                 due = round_idx < self.warmup_rounds or self._probation.get(i, (round_idx, 1))[0] <= round_idx
                 if due:
                     reasons[i] = "probation"
                 else:
                     resting.add(i)
                 continue
-            if active_N[i]:
+            if active[i]:
                 self._probation.pop(i, None)  # reinstated: a later quarantine starts afresh
-            if flags_N[i]:
+            if flags[i]:
                 reasons[i] = "flagged"
             elif i in self._watch:
                 reasons[i] = "watched"
             elif round_idx < self.warmup_rounds:
                 reasons[i] = "warm-up"
-        pool = [i for i in range(n) if i not in reasons and active_N[i]]
+        pool = [i for i in range(n) if i not in reasons and active[i]]
         if generator is None:
             generator = torch.Generator().manual_seed(_derive_seed(self.seed, round_idx))
         # the round's budget of extra checks: spot_check_fraction of the pool in expectation
@@ -197,9 +198,9 @@ class GradientVerifier:
             k += 1
         if scores_N is not None and k > 0:
             cap = k if self.max_suspects is None else min(k, self.max_suspects)
-            s = scores_N.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
-            ranked = sorted(pool, key=lambda i: (-float(s[i]), i))
-            for i in [i for i in ranked if float(s[i]) >= self.suspect_score][:cap]:
+            s = scores_N.detach().to(device="cpu", dtype=torch.float64).reshape(-1).tolist()
+            ranked = sorted(pool, key=lambda i: (-s[i], i))
+            for i in [i for i in ranked if s[i] >= self.suspect_score][:cap]:
                 reasons[i] = "suspect"
                 k -= 1
             pool = [i for i in pool if i not in reasons]

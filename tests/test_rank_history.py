@@ -115,3 +115,27 @@ def test_config_and_owners_of_memory() -> None:
         )
     with pytest.raises(ConfigError, match="history"):
         load_config("configs/fmnist_defended.yaml", [*base, "security.detection_params.mandera.history=1"])
+
+
+def test_sharded_processes_remember_the_same() -> None:
+    """Sharded rounds (torchrun): each process sees its column slice, the rank features are summed
+    over processes, so every process's memory, and its flags, equal the gathered detector's."""
+    from test_sharding import _run_shards
+
+    xs = list(_noisy_sign_flips(4, rounds=4, d=999))
+    whole = Stage1Detector()
+    expected = [
+        whole.inspect(x, generator=torch.Generator().manual_seed(r)).flags_N for r, x in enumerate(xs)
+    ]
+    shards = [Stage1Detector() for _ in range(3)]
+
+    def rounds(k: int, lo: int, hi: int) -> list[torch.Tensor]:
+        return [
+            shards[k].inspect(x[:, lo:hi], generator=torch.Generator().manual_seed(r)).flags_N
+            for r, x in enumerate(xs)
+        ]
+
+    for flags in _run_shards(3, xs[0].shape[1], rounds):
+        assert all(torch.equal(a, b) for a, b in zip(flags, expected))
+    for s in shards:  # the same memory, up to the order of the processes' sums
+        torch.testing.assert_close(s.history.mean(0), whole.history.mean(0))  # type: ignore[union-attr]

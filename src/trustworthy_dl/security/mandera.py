@@ -54,6 +54,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -302,7 +303,18 @@ def mandera(
 
 
 def _robust_units(raw_NF: Tensor) -> Tensor:
-    """Each column centred on its median and divided by its robust spread (1.4826 x MAD)."""
-    centre_F = raw_NF.median(dim=0).values
-    spread_F = MAD_SCALE * (raw_NF - centre_F).abs().median(dim=0).values
-    return (raw_NF - centre_F) / spread_F.clamp(min=1e-12)
+    """Each column centred on its median and divided by its robust spread (1.4826 x MAD).
+
+    In numpy for a few dozen finite float64 values (bit for bit the torch formula: ``torch.median``
+    is the lower middle value, so is this); other inputs take the torch ops.
+    """
+    if raw_NF.dtype != torch.float64 or raw_NF.device.type != "cpu" or not bool(torch.isfinite(raw_NF).all()):
+        centre_F = raw_NF.median(dim=0).values
+        spread_F = MAD_SCALE * (raw_NF - centre_F).abs().median(dim=0).values
+        return (raw_NF - centre_F) / spread_F.clamp(min=1e-12)
+    a = raw_NF.numpy()
+    mid = (a.shape[0] - 1) // 2
+    centre_F = np.sort(a, axis=0)[mid]
+    dev_NF = a - centre_F
+    spread_F = MAD_SCALE * np.sort(np.abs(dev_NF), axis=0)[mid]
+    return torch.from_numpy(dev_NF / np.maximum(spread_F, 1e-12))

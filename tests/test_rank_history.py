@@ -139,3 +139,14 @@ def test_sharded_processes_remember_the_same() -> None:
         assert all(torch.equal(a, b) for a, b in zip(flags, expected))
     for s in shards:  # the same memory, up to the order of the processes' sums
         torch.testing.assert_close(s.history.mean(0), whole.history.mean(0))  # type: ignore[union-attr]
+
+
+def test_a_method_listed_twice_is_refused() -> None:
+    """Twice the rank test would fold each round into the memory twice."""
+    with pytest.raises(ValueError, match=r"listed twice: \['mandera'\]"):
+        Stage1Detector(methods=("mandera", "ranks"))
+    with pytest.raises(ConfigError, match="listed twice"):
+        load_config(
+            "configs/fmnist_defended.yaml",
+            ["attack.name=none", "security.detection_methods=[mandera,ranks]"],
+        )

@@ -1,8 +1,10 @@
 """What every stage-1 detection method returns, their registry, and shared helpers.
 
-A detection method is a pure function ``(x_Nd, *, reference_d=None, **params) -> MethodResult``
-over the round's updates restricted to a coordinate subset (``d`` of the ``D`` coordinates). It
-sees only finite rows; the detector flags non-finite rows itself.
+A detection method is a function ``(x_Nd, *, reference_d=None, **params) -> MethodResult`` over
+the round's updates restricted to a coordinate subset (``d`` of the ``D`` coordinates), pure but
+for what the detector hands it: the rank test's ``history`` callback updates the detector's
+per-node memory (:mod:`~trustworthy_dl.security.rank_history`). It sees only finite rows; the
+detector flags non-finite rows itself.
 
 Legend: N nodes, D flat parameters, d sampled coordinates (d <= D).
 """

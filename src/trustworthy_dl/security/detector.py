@@ -85,6 +85,9 @@ class Stage1Detector:
         if not methods:
             raise ValueError("Stage1Detector needs at least one method")
         self.methods = [DETECTION_METHODS.canonical(m) for m in methods]
+        repeated = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if repeated:  # (an alias counts as its method: "ranks" is "mandera")
+            raise ValueError(f"detection methods listed twice: {repeated} (given {list(methods)})")
         if combine not in COMBINE_RULES:
             raise ValueError(f"unknown combine rule {combine!r}; valid: {', '.join(COMBINE_RULES)}")
         if num_coords is not None and num_coords < 1:

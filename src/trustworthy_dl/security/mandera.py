@@ -39,8 +39,8 @@ exactly N/2 is never flagged.
 
 Memory (``history``, kept by the detector, :mod:`~trustworthy_dl.security.rank_history`): each
 round the nodes' rank features, in robust units, are folded into per-node running means, and
-the split is made on the round's features and these means together (four dimensions; its null
-simulated in four). A node whose rank profile strays every round (a non-colluding sign flip of a
+the split is made on the round's features and these means together (two more dimensions; the
+null simulated in as many). A node whose rank profile strays every round (a non-colluding sign flip of a
 noisy gradient) then stands apart from honest nodes that strayed by the luck of one batch.
 Identical copies are found on the round alone, and the rest is then split on the round alone.
 
@@ -305,8 +305,8 @@ def mandera(
 def _robust_units(raw_NF: Tensor) -> Tensor:
     """Each column centred on its median and divided by its robust spread (1.4826 x MAD).
 
-    In numpy for a few dozen finite float64 values (bit for bit the torch formula: ``torch.median``
-    is the lower middle value, so is this); other inputs take the torch ops.
+    In numpy for a few dozen finite float64 values (bit for bit the torch formula up to the sign of
+    a zero: ``torch.median`` is the lower middle value, so is this); other inputs take the torch ops.
     """
     if raw_NF.dtype != torch.float64 or raw_NF.device.type != "cpu" or not bool(torch.isfinite(raw_NF).all()):
         centre_F = raw_NF.median(dim=0).values

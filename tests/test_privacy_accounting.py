@@ -74,3 +74,26 @@ def test_byzantine_nodes_batches_are_accounted(tmp_path: Path) -> None:
     per_shard = res.summary["privacy"]["epsilon_per_shard"]
     # a coordinator cannot tell who is Byzantine: the Byzantine node's shard is accounted too
     assert len(per_shard) == 4 and all(e > 0 for e in per_shard)
+
+
+def test_a_probation_batch_is_an_independent_subsample(tmp_path: Path) -> None:
+    """A quarantined node computes on its home shard while a trusted holder trains on it: its
+    batch must be drawn independently of the holder's (the accountant charges two independent
+    subsampled steps), not be the holder's next batch (every sample released twice)."""
+    from trustworthy_dl.engine.setup import build_experiment
+
+    exp = build_experiment(_cfg(tmp_path, training={"max_rounds": 40, "batch_size": 8}))
+    assert exp.scheduler.home_shards(1) == [1]
+    shard_idx = set(exp.sampler.shards[1].tolist())
+    draws = set()
+    for r in range(40):
+        idx = exp.sampler.independent_batch(1, r)
+        assert len(set(idx.tolist())) == len(idx) == 8 and set(idx.tolist()) <= shard_idx
+        assert torch.equal(idx, exp.sampler.independent_batch(1, r))  # the verifier re-draws it
+        for k in (r, r + 1):  # neither the holder's batch of this round nor of the next
+            assert not torch.equal(idx.sort().values, exp.sampler.batch(1, k).sort().values)
+        x_p, y_p = exp.batch(1, r, [])  # node 1 holds nothing: on probation
+        assert torch.equal(x_p, exp.data.x_train[idx])
+        assert torch.equal(y_p, exp.data.y_train[idx])
+        draws.add(tuple(idx.tolist()))
+    assert len(draws) == 40  # a fresh subsample every round

@@ -24,6 +24,8 @@ from trustworthy_dl.errors import DataError
 
 __all__ = ["ShardSampler", "derive_seed"]
 
+_INDEPENDENT = 0x1DE9  # keys the independent-batch stream apart from the epoch permutations
+
 
 def derive_seed(*keys: int) -> int:
     """A well-mixed 63-bit seed from integer keys (e.g. seed, epoch, shard), via numpy SeedSequence."""
@@ -84,6 +86,20 @@ class ShardSampler:
             pieces.append(self._perm(epoch, shard_id, lap)[off : off + take])
             pos += take
         return self.shards[shard_id][torch.cat(pieces)]
+
+    def independent_batch(self, shard_id: int, round: int) -> torch.Tensor:
+        """``batch_size`` indices of shard ``shard_id`` (without replacement, or the whole shard
+        when it is smaller) drawn independently of the shard's own batches: a second,
+        independent subsample of the shard in ``round``, for a node that computes on a shard
+        another node also holds (a quarantined node on probation). Depends only on (seed,
+        shard_id, round)."""
+        if not 0 <= shard_id < len(self.shards):
+            raise IndexError(f"shard_id {shard_id} out of range for {len(self.shards)} shards")
+        if round < 0:
+            raise ValueError(f"round must be >= 0, got {round}")
+        n = len(self.shards[shard_id])
+        g = torch.Generator().manual_seed(derive_seed(self.seed, _INDEPENDENT, shard_id, round))
+        return self.shards[shard_id][torch.randperm(n, generator=g)[: min(self.batch_size, n)]]
 
     def _perm(self, epoch: int, shard_id: int, lap: int) -> torch.Tensor:
         # Memoised only to save time: the value is a pure function of the key.

@@ -67,17 +67,22 @@ class Experiment:
         """The clean batch node ``node`` trains on this round: ``batch_size`` samples per held shard.
 
         A node holding no shard (quarantined: its shards moved to trusted nodes) keeps computing
-        on its home shards on probation: its row is verified but not aggregated. It draws the
-        batch of the next round, so its row never duplicates the current holder's (identical rows
-        look like collusion to stage 1).
+        on its home shards on probation: its row is verified but not aggregated. It draws an
+        independent batch of each (``ShardSampler.independent_batch``): its row does not
+        duplicate the current holder's (identical rows look like collusion to stage 1), and with
+        privacy on the shard's two releases per round are the two independent subsampled steps
+        the accountant charges. (It used to be the holder's next-round batch: every batch of the
+        shard released twice, a correlation the accountant did not charge.)
         """
-        key = round_idx
         if self.pipeline is not None:  # shard = replica: its whole batch, cut into micro-batches later
-            idx = self.sampler.batch(shards[0], key).to(self.data.x_train.device)
+            idx = self.sampler.batch(shards[0], round_idx).to(self.data.x_train.device)
             return self.data.x_train[idx], self.data.y_train[idx]
-        if not shards:  # probation: the home shard's *next* batch, so it never duplicates the holder's row
-            shards, key = self.scheduler.home_shards(node), round_idx + 1
-        idx = torch.cat([self.sampler.batch(s, key) for s in shards]).to(self.data.x_train.device)
+        if not shards:  # probation
+            home = self.scheduler.home_shards(node)
+            idx = torch.cat([self.sampler.independent_batch(s, round_idx) for s in home])
+        else:
+            idx = torch.cat([self.sampler.batch(s, round_idx) for s in shards])
+        idx = idx.to(self.data.x_train.device)
         return self.data.x_train[idx], self.data.y_train[idx]
 
     def is_eval_round(self, r: int) -> bool:

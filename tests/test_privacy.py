@@ -188,6 +188,7 @@ def test_run_reports_epsilon_per_round_and_target_epsilon_is_met(tmp_path: Path)
     priv = res.summary["privacy"]
     assert priv["epsilon"] == pytest.approx(4.0, abs=0.05) and priv["epsilon"] <= 4.0 + 1e-6
     assert priv["noise_multiplier"] > 0 and priv["accountant"] == "rdp"
+    assert priv["target_exceeded"] is False and priv["shards_over_target"] == []
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["privacy"]["epsilon"] == priv["epsilon"]
 
 

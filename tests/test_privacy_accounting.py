@@ -97,3 +97,18 @@ def test_a_probation_batch_is_an_independent_subsample(tmp_path: Path) -> None:
         assert torch.equal(y_p, exp.data.y_train[idx])
         draws.add(tuple(idx.tolist()))
     assert len(draws) == 40  # a fresh subsample every round
+
+
+def test_a_shard_with_probation_steps_is_reported_over_the_target(tmp_path: Path) -> None:
+    """sigma is calibrated for one step per shard and round: the quarantined node's home shard,
+    also computed on by the node on probation, ends above target_epsilon, and the summary says so."""
+    cfg = _cfg(
+        tmp_path,
+        training={"max_rounds": 10, "eval_every": 10},
+        attack={"name": "sign_flip", "byzantine_ids": [3]},
+        security={"attack_detection": True, "gradient_verification": True},
+        privacy={"target_epsilon": 4.0, "accountant": "rdp"},
+    )
+    priv = run_experiment(cfg, write=False).summary["privacy"]
+    assert priv["target_exceeded"] is True and priv["shards_over_target"] == [3]
+    assert priv["epsilon_per_shard"][3] > 4.0 >= max(priv["epsilon_per_shard"][:3])

@@ -40,8 +40,16 @@ class PrivacyLayer:
             * self.mechanism.flat.params_D.element_size(),
         }
         if self.accountant is not None:
-            out["epsilon_per_shard"] = [finite_epsilon(e) for e in self.accountant.per_shard()]
+            per_shard = self.accountant.per_shard()
+            out["epsilon_per_shard"] = [finite_epsilon(e) for e in per_shard]
             out["sample_rates"] = [round(q, 6) for q in self.accountant.sample_rates]
+            if cfg.target_epsilon is not None:
+                # sigma is calibrated for one step per shard and round; a shard also computed on
+                # by a node on probation (or by a second holder) takes more steps and can end
+                # above the target: said here, not hidden in the per-shard list
+                over = [i for i, e in enumerate(per_shard) if e > cfg.target_epsilon]
+                out["target_exceeded"] = bool(over)
+                out["shards_over_target"] = over
         if cfg.sparsify.kind != "none":
             out["sparsify"] = cfg.sparsify.model_dump()
         return out

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline_configs import gpt2_pipeline
 from trustworthy_dl.config import config_from_dict, load_config
 from trustworthy_dl.engine.pipeline_exec import HolderPlan, StageRunner, check_message
 from trustworthy_dl.engine.pipeline_schedule import stage_actions, ticks
@@ -239,24 +240,9 @@ def test_seed_config_derives_its_stages_and_spares() -> None:
 
 # --------------------------------------------------------------------------- end to end (slow)
 
-TEXT = {"name": "text", "block_size": 16, "max_train_samples": 512, "max_test_samples": 64}
-
 
 def _run(tmp_path: Path, name: str, **sections: dict) -> dict:
-    data = {
-        "seed": 0,
-        "model": {"name": "gpt2", "size": "tiny"},
-        "data": TEXT,
-        "training": {"batch_size": 8, "max_rounds": 18, "optimizer": "adamw", "learning_rate": 2e-3},
-        "distributed": {"num_nodes": 5, "parallelism": "model", "num_stages": 4, "spares": 1},
-        "security": {"attack_detection": True, "gradient_verification": True, "pipeline_verify_rate": 0.25},
-        "trust": {"snapshot_every": 5},
-        "output": {"progress": False, "plots": True},
-    }
-    for k, v in sections.items():
-        data.setdefault(k, {}).update(v)
-    res = run_experiment(config_from_dict(data), out_dir=tmp_path / name)
-    return res.summary
+    return run_experiment(config_from_dict(gpt2_pipeline(**sections)), out_dir=tmp_path / name).summary
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from pipeline_configs import cnn_pipeline, gpt2_pipeline
 from trustworthy_dl.cli import main
 from trustworthy_dl.config import TrainingConfig, config_from_dict
 from trustworthy_dl.engine.optim import CoordinatorOptimizer
@@ -163,17 +164,14 @@ def test_a_time_balanced_cut_is_measured_once_and_kept_on_resume(
 
 @pytest.mark.slow
 def test_migrating_a_stage_with_a_tied_copy_keeps_the_copies_and_their_state_equal() -> None:
-    data = {
-        "seed": 0,
-        "model": {"name": "gpt2", "size": "tiny"},
-        "data": TEXT,
-        "training": {"batch_size": 8, "max_rounds": 8, "optimizer": "adamw", "learning_rate": 2e-3},
-        "distributed": {"num_nodes": 5, "parallelism": "model", "num_stages": 4, "spares": 1},
-        "security": {"attack_detection": True, "gradient_verification": True, "pipeline_verify_rate": 0.5},
-        "trust": {"snapshot_every": 3},
-        "attack": {"name": "parameter_tamper", "byzantine_ids": [3], "start_round": 4},  # the head's stage
-        "output": {"progress": False, "plots": False},
-    }
+    data = gpt2_pipeline(
+        data=TEXT,
+        training={"max_rounds": 8},
+        security={"pipeline_verify_rate": 0.5},
+        trust={"snapshot_every": 3},
+        attack={"name": "parameter_tamper", "byzantine_ids": [3], "start_round": 4},  # the head's stage
+        output={"plots": False},
+    )
     res = run_experiment(config_from_dict(data), write=False)
     assert [e["stage"] for e in res.summary["migrations"]["events"]] == [3]
     exp = res.experiment
@@ -207,22 +205,16 @@ def test_verifier_re_runs_leave_batchnorm_statistics_alone() -> None:
 def test_huge_finite_activations_blame_their_sender_not_the_honest_stages_downstream() -> None:
     """Stage 0 scales its activations by 1e30: finite, so they pass the message check, and the
     honest stage 1 then overflows to NaN on them; only stage 0 is blamed and moved."""
-    data = {
-        "seed": 0,
-        "model": {"name": "cnn"},
-        "data": {"name": "digits"},
-        "training": {"batch_size": 16, "max_rounds": 8, "optimizer": "sgd", "learning_rate": 0.05},
-        "distributed": {"num_nodes": 4, "parallelism": "model", "num_stages": 3, "spares": 1},
-        "security": {"attack_detection": True, "gradient_verification": True, "pipeline_verify_rate": 0.25},
-        "trust": {"snapshot_every": 2},
-        "attack": {
+    data = cnn_pipeline(
+        training={"max_rounds": 8, "optimizer": "sgd", "learning_rate": 0.05},
+        security={"pipeline_verify_rate": 0.25},
+        attack={
             "name": "activation_tamper",
             "byzantine_ids": [0],
             "start_round": 3,
             "params": {"mode": "scale", "strength": 1e30},
         },
-        "output": {"progress": False, "plots": False},
-    }
+    )
     res = run_experiment(config_from_dict(data), write=False)
     det = res.summary["detection"]
     assert det["false_quarantines"] == 0 and det["detected"] == 1
@@ -254,23 +246,17 @@ def test_a_late_quarantine_after_old_evidence_still_rolls_the_stage_back() -> No
     """Evidence at step 3 (one tampered step), then clean, then tampering again from step 14: every
     kept snapshot is newer than the first evidence, so the oldest kept one is restored (was none)."""
     again = {"name": "parameter_tamper", "byzantine_ids": [1], "start_round": 14}
-    data = {
-        "seed": 0,
-        "model": {"name": "cnn"},
-        "data": {"name": "digits"},
-        "training": {"batch_size": 16, "max_rounds": 18},
-        "distributed": {"num_nodes": 4, "parallelism": "model", "num_stages": 3, "spares": 1},
-        "security": {"attack_detection": True, "gradient_verification": True, "pipeline_verify_rate": 0.5},
-        "trust": {"snapshot_every": 2},
-        "attack": {
+    data = cnn_pipeline(
+        training={"max_rounds": 18},
+        security={"pipeline_verify_rate": 0.5},
+        attack={
             "name": "parameter_tamper",
             "byzantine_ids": [1],
             "start_round": 3,
             "end_round": 3,
             "also": [again],
         },
-        "output": {"progress": False, "plots": False},
-    }
+    )
     (event,) = run_experiment(config_from_dict(data), write=False).summary["migrations"]["events"]
     assert (
         event["from"] == 1 and event["restored_from_round"] is not None and event["restored_from_round"] > 3

@@ -72,10 +72,7 @@ class ShardSampler:
 
     def batch(self, shard_id: int, round: int) -> torch.Tensor:
         """The ``batch_size`` dataset indices shard ``shard_id`` contributes in ``round``."""
-        if not 0 <= shard_id < len(self.shards):
-            raise IndexError(f"shard_id {shard_id} out of range for {len(self.shards)} shards")
-        if round < 0:
-            raise ValueError(f"round must be >= 0, got {round}")
+        self._check(shard_id, round)
         epoch, r = divmod(round, self.rounds_per_epoch)
         n = len(self.shards[shard_id])
         pos, end = r * self.batch_size, (r + 1) * self.batch_size
@@ -93,13 +90,16 @@ class ShardSampler:
         independent subsample of the shard in ``round``, for a node that computes on a shard
         another node also holds (a quarantined node on probation). Depends only on (seed,
         shard_id, round)."""
+        self._check(shard_id, round)
+        n = len(self.shards[shard_id])
+        g = torch.Generator().manual_seed(derive_seed(self.seed, _INDEPENDENT, shard_id, round))
+        return self.shards[shard_id][torch.randperm(n, generator=g)[: min(self.batch_size, n)]]
+
+    def _check(self, shard_id: int, round: int) -> None:
         if not 0 <= shard_id < len(self.shards):
             raise IndexError(f"shard_id {shard_id} out of range for {len(self.shards)} shards")
         if round < 0:
             raise ValueError(f"round must be >= 0, got {round}")
-        n = len(self.shards[shard_id])
-        g = torch.Generator().manual_seed(derive_seed(self.seed, _INDEPENDENT, shard_id, round))
-        return self.shards[shard_id][torch.randperm(n, generator=g)[: min(self.batch_size, n)]]
 
     def _perm(self, epoch: int, shard_id: int, lap: int) -> torch.Tensor:
         # Memoised only to save time: the value is a pure function of the key.

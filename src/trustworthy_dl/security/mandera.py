@@ -237,7 +237,10 @@ def mandera(
     per_node = {"features": feats_N2}
     info: dict[str, Any] = {}
     # the round's features join the nodes' memory every round, copies or not
-    memory_N2 = history(_robust_units(feats_N2)) if history is not None and n >= 3 else None
+    units_N2 = memory_N2 = None
+    if history is not None and n >= 3:
+        units_N2 = _robust_units(feats_N2)
+        memory_N2 = history(units_N2)
     if n < 3 or all_rows_equal(feats_N2):
         return MethodResult(flags_N, scores_N, {"minority": 0}, per_node)
     # Identical rank profiles (colluding identical rows) are a group by themselves: nodes that
@@ -268,11 +271,13 @@ def mandera(
     if with_krum:
         extra.append(krum_log_scores(x_Nd))
     if extra or memory_N2 is not None:
-        raw_NF = torch.cat([feats_N2, *([torch.stack(extra, dim=1)] if extra else [])], dim=1)
+        cols = [torch.stack(extra, dim=1)] if extra else []
         if memory_N2 is not None:
-            raw_NF = torch.cat([raw_NF, memory_N2], dim=1)
+            cols.append(memory_N2)
             info["history"] = True
-        pts_NF = _robust_units(raw_NF)
+        # robust units are per column: the rank features' were taken for the memory already
+        units = units_N2 if units_N2 is not None else _robust_units(feats_N2)
+        pts_NF = torch.cat([units, _robust_units(torch.cat(cols, dim=1))], dim=1)
     labels_N, _ = two_means(pts_NF, starts=starts, seed=seed)
     ones = int(labels_N.sum())
     if 2 * ones == n or ones in (0, n):

@@ -40,11 +40,12 @@ RESULTS = REPO / "benchmarks" / "results"
 STEALTH = ["attack.name=scaling", "attack.params.scale=1.05", "attack.collude=false", "attack.start_round=20"]
 
 
-def _run(n: int, attack: str, rounds: int, spot: float) -> dict:
+def _run(n: int, attack: str, rounds: int, spot: float, seed: int = 0) -> dict:
     overrides = STEALTH if attack == "stealth" else [f"attack.name={attack}"]
     cfg = load_config(
         REPO / "configs" / "fmnist_defended.yaml",
         [
+            f"seed={seed}",
             f"distributed.num_nodes={n}",
             *overrides,
             f"attack.num_byzantine={n // 4}",
@@ -65,6 +66,7 @@ def _run(n: int, attack: str, rounds: int, spot: float) -> dict:
     }
     det = res.summary.get("detection", {})
     return {
+        "seed": seed,
         "num_nodes": n,
         "attack": attack,
         "spot_check_fraction": spot,
@@ -105,17 +107,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--stealth-rounds", type=int, default=220)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seeds", default="0", help="config seeds (comma-separated): one row per seed")
     ap.add_argument("--out", default="security_overhead.json", help="file name under benchmarks/results")
     args = ap.parse_args()
     rows = []
     for spot in (float(x) for x in args.spot.split(",")):
         for n in (int(x) for x in args.nodes.split(",")):
             for attack in args.attacks.split(","):
-                rounds = args.stealth_rounds if attack == "stealth" else args.rounds
-                runs = [_run(n, attack, rounds, spot) for _ in range(max(args.repeats, 1))]
-                rows.append(_median_of(runs))
-                print(json.dumps(rows[-1]), flush=True)
-    cols = ["spot_check_fraction", "num_nodes", "attack", "rounds", "round_s", "security_share",
+                for seed in (int(x) for x in args.seeds.split(",")):
+                    rounds = args.stealth_rounds if attack == "stealth" else args.rounds
+                    runs = [_run(n, attack, rounds, spot, seed) for _ in range(max(args.repeats, 1))]
+                    rows.append(_median_of(runs))
+                    print(json.dumps(rows[-1]), flush=True)
+    cols = ["spot_check_fraction", "seed", "num_nodes", "attack", "rounds", "round_s", "security_share",
             "security_share_range", "compute_share", "aggregate_share", "recomputations_per_round",
             "tpr", "fpr", "stage1_tpr", "latency", "caught"]  # fmt: skip
     print("| " + " | ".join(cols) + " |")

@@ -390,3 +390,18 @@ def test_two_means_numpy_lloyd_gives_the_torch_split(monkeypatch):
             slow = two_means(p, seed=i)
         assert fast[1] == pytest.approx(slow[1], rel=1e-12, abs=1e-12)
         assert torch.equal(fast[0], slow[0]) or tied
+
+
+def test_collusion_needs_a_near_copy_not_a_close_honest_pair() -> None:
+    """Two honest nodes whose data share a dominant class can sit at half the usual nearest
+    distance (MANDERA's setting, Dirichlet 0.5): not collusion. A copy, or a copy with a little
+    noise, is."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 4000, generator=g)
+    x[1] = x[0] + 0.5 * (x[1] - x[0])  # half the usual distance from node 0
+    res = distance(x)
+    assert not res.flags_N.any(), res.per_node["z_collusion"][:2]
+    assert distance(x, floors={"collusion": 0.05}).flags_N[:2].all()  # the old floor called it collusion
+    x[3] = x[2] + 0.05 * torch.randn(4000, generator=g)  # a near-copy of node 2
+    x[5] = x[4]  # an exact copy of node 4
+    assert distance(x).flags_N.nonzero().flatten().tolist() == [2, 3, 4, 5]

@@ -21,7 +21,15 @@ from torch import Tensor
 
 from trustworthy_dl.registry import Registry
 
-__all__ = ["DETECTION_METHODS", "MethodResult", "finite_rows", "json_list", "robust_z", "sample_coords"]
+__all__ = [
+    "DETECTION_METHODS",
+    "MethodResult",
+    "finite_rows",
+    "json_list",
+    "robust_z",
+    "robust_z_numpy",
+    "sample_coords",
+]
 
 # 1 / Phi^-1(3/4): scales the MAD into a standard-deviation estimate for Gaussian data.
 MAD_SCALE = 1.4826
@@ -111,15 +119,22 @@ def robust_z(
 
 
 def _robust_z_numpy(values_N: Tensor, pop: Tensor, floor: float) -> Tensor:
-    """:func:`robust_z`'s centring and scaling in numpy, bit for bit: a round calls it a dozen
-    times on a few dozen values, where each numpy op costs ~1 us and each torch op ~5 us.
-    ``torch.median`` is the lower middle value (not the mean of the two), so is this."""
-    u = np.unique(pop.numpy())  # sorted, each value once
+    """:func:`robust_z`'s centring and scaling in numpy (:func:`robust_z_numpy`)."""
+    return torch.from_numpy(robust_z_numpy(values_N.numpy(), pop.numpy(), floor))
+
+
+def robust_z_numpy(values_N: np.ndarray, pop: np.ndarray, floor: float) -> np.ndarray:
+    """``(v - median) / max(1.4826 MAD, floor)`` of finite float64 values, the median and MAD over
+    ``pop``'s distinct values: :func:`robust_z`'s centring and scaling in numpy, bit for bit (a
+    round takes a dozen of them on a few dozen values, where each numpy op costs ~1 us and each
+    torch op ~5 us). ``torch.median`` is the lower middle value (not the mean of the two), so is
+    this."""
+    u = np.unique(pop)  # sorted, each value once
     med = u[(u.size - 1) // 2]
     dev = np.sort(np.abs(u - med))
     scale = max(MAD_SCALE * dev[(dev.size - 1) // 2], floor)
     with np.errstate(divide="ignore", invalid="ignore"):  # floor 0 and no spread: inf / nan, as torch
-        return torch.from_numpy((values_N.numpy() - med) / scale)
+        return (values_N - med) / scale
 
 
 def json_list(values: Tensor, ndigits: int = 4) -> list[float | None]:

@@ -24,7 +24,10 @@ rounds of training, IID and Dirichlet 0.5, two seeds each) have heavy-tailed rob
 the largest of 1,248 honest node-rounds per partition was 8.1 (cosine), 8.2 (norm), 8.0 (krum)
 and 6.6 (collusion), the 99.9% quantiles 4.8-7.9. At 8 the method flags 0.2-0.3% of honest
 node-rounds without attack and 0.1-0.9% with one; colluding identical rows score 40 or more on
-``collusion``, Gaussian noise (std 200) 10 or more on ``norm`` and ``krum``.
+``collusion``, Gaussian noise (std 200) 10 or more on ``norm`` and ``krum``. The floors
+(:data:`_FLOORS`) set the smallest deviation that can flag: threshold x floor, e.g. 8 x 0.15 in
+log distance for ``collusion`` (MANDERA's setting, batch 10, N = 16, Dirichlet 0.5: an honest pair
+of nodes sharing a dominant class scored 13.5 over a floor of 0.05).
 
 Legend: N nodes, d sampled coordinates.
 """
@@ -33,19 +36,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from trustworthy_dl.aggregation._sortnet import median_values
 from trustworthy_dl.aggregation.sharding import reduce_partial, shard_columns
-from trustworthy_dl.security.base import DETECTION_METHODS, MethodResult, robust_z
+from trustworthy_dl.security.base import DETECTION_METHODS, MethodResult, robust_z, robust_z_numpy
 
 __all__ = ["DEFAULT_THRESHOLDS", "DISTANCE_SCORES", "distance", "distance_statistics", "krum_log_scores"]
 
 DISTANCE_SCORES = ("cosine", "norm", "krum", "collusion")
 # Smallest robust scale of each statistic: below it honest agreement is "perfect" and we must
 # not turn tiny honest differences into large z values. Units: cosine, and natural-log ratios.
-_FLOORS = {"cosine": 0.02, "norm": 0.05, "krum": 0.05, "collusion": 0.05}
+# collusion: 0.15, so a row is flagged as a near-copy only when its nearest other row is at least
+# e^-(8 x 0.15) = 0.3 x closer than the typical nearest distance: two honest nodes whose shards share
+# a dominant class (Dirichlet 0.5) came within 0.5 x of each other at N = 16 (z 13.5 with a floor of
+# 0.05); copies are at distance 0 and near-copies far below 0.3 x.
+_FLOORS = {"cosine": 0.02, "norm": 0.05, "krum": 0.05, "collusion": 0.15}
 # Robust z above which a statistic flags (calibrated on honest Fashion-MNIST gradients, IID and
 # Dirichlet 0.5; see the module docstring).
 DEFAULT_THRESHOLDS = {"cosine": 8.0, "norm": 8.0, "krum": 8.0, "collusion": 8.0}
@@ -68,57 +76,74 @@ def distance_statistics(
         f: Byzantine nodes assumed by the Krum score (n - f - 2 neighbours); None uses N // 4.
         population_N: bool mask of the rows the default reference is the median of (default all).
     """
-    x = x_Nd.to(torch.float64)
-    sq_N, nearest_Nk = _nearest(x, f)
-    return {
-        "cosine": _cosine(x, sq_N.sqrt(), reference_d, population_N, x_Nd),
-        "norm": sq_N.clamp(min=_TINY).log() / 2,
-        "krum": nearest_Nk.sum(dim=1).clamp(min=_TINY).log(),
-        "collusion": nearest_Nk[:, 0].clamp(min=_TINY).log() / 2,
-    }
+    pop = None if population_N is None else population_N.detach().cpu().numpy()
+    stats = _statistics(x_Nd.to(torch.float64), x_Nd, reference_d, f, pop)
+    return {k: torch.from_numpy(v) for k, v in stats.items()}
 
 
-def _nearest(x_Nd: Tensor, f: int | None) -> tuple[Tensor, Tensor]:
-    """Squared norms (N,) and the squared distances to the n - f - 2 nearest other rows (N, k),
-    from one float64 Gram matrix (``x_Nd`` float64; sharded: summed over every process's columns)."""
+def _statistics(
+    x_Nd: Tensor, given_Nd: Tensor, reference_d: Tensor | None, f: int | None, population_N: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """:func:`distance_statistics` as numpy arrays (``x_Nd``: the float64 rows, ``given_Nd``: as given).
+
+    The matrix products run in torch; the per-node arithmetic on N values in numpy (~1 us an op
+    against torch's ~5: a round computes a few dozen of them).
+    """
+    sq_N, nearest_Nk = _nearest(x_Nd, f)
+    with np.errstate(divide="ignore"):
+        return {
+            "cosine": _cosine(x_Nd, np.sqrt(sq_N), reference_d, population_N, given_Nd),
+            "norm": np.log(np.maximum(sq_N, _TINY)) / 2,
+            "krum": np.log(np.maximum(nearest_Nk.sum(axis=1), _TINY)),
+            "collusion": np.log(np.maximum(nearest_Nk[:, 0], _TINY)) / 2,
+        }
+
+
+def _nearest(x_Nd: Tensor, f: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Squared norms (N,) and the squared distances to the n - f - 2 nearest other rows (N, k, in
+    increasing order), from one float64 Gram matrix (``x_Nd`` float64; sharded: summed over every
+    process's columns)."""
     n = x_Nd.shape[0]
-    gram_NN = reduce_partial(x_Nd @ x_Nd.t())
-    sq_N = gram_NN.diagonal()
-    d2_NN = (sq_N[:, None] + sq_N[None, :] - 2 * gram_NN).clamp(min=0)
-    d2_NN.fill_diagonal_(float("inf"))
+    gram_NN = reduce_partial(x_Nd @ x_Nd.t()).detach().cpu().numpy()
+    sq_N = gram_NN.diagonal().copy()
+    d2_NN = np.maximum(sq_N[:, None] + sq_N[None, :] - 2 * gram_NN, 0.0)
+    np.fill_diagonal(d2_NN, np.inf)
     f_eff = n // 4 if f is None else f
     k = min(max(n - f_eff - 2, 1), n - 1)
-    return sq_N, d2_NN.topk(k, dim=1, largest=False).values
+    return sq_N, np.sort(d2_NN, axis=1)[:, :k]
 
 
 def krum_log_scores(x_Nd: Tensor, f: int | None = None) -> Tensor:
     """Each row's log Krum score (float64, N): the log of its summed squared distances to its
     n - f - 2 nearest other rows (f: None uses N // 4), as in :func:`distance_statistics`."""
     _, nearest_Nk = _nearest(x_Nd.to(torch.float64), f)
-    return nearest_Nk.sum(dim=1).clamp(min=_TINY).log()
+    return torch.from_numpy(np.log(np.maximum(nearest_Nk.sum(axis=1), _TINY)))
 
 
 def _cosine(
     x_Nd: Tensor,
-    norms_N: Tensor,
+    norms_N: np.ndarray,
     reference_d: Tensor | None,
-    population_N: Tensor | None,
+    population_N: np.ndarray | None,
     given_Nd: Tensor | None = None,
-) -> Tensor:
+) -> np.ndarray:
     """Cosine of each float64 row of ``x_Nd`` to the reference; ``given_Nd``: the same rows as the
     caller passed them, whose float32 values the default median reference is taken of (no
     conversion when they already are float32)."""
     if reference_d is None:
         src_Nd = x_Nd if given_Nd is None else given_Nd
-        pop_Md = src_Nd if population_N is None else src_Nd[population_N]
+        pop_Md = src_Nd if population_N is None else src_Nd[torch.from_numpy(population_N).to(src_Nd.device)]
         # the library's coordinate-wise median (a sorting network, 2x faster than torch.median)
         ref_d = median_values(pop_Md.float()).to(torch.float64)
     else:
-        ref_d = reference_d.to(torch.float64)
+        ref_d = reference_d.to(device=x_Nd.device, dtype=torch.float64)
     if shard_columns() is None:
-        return (x_Nd @ ref_d) / (norms_N * ref_d.norm()).clamp(min=_TINY)
-    parts = reduce_partial(torch.cat([x_Nd @ ref_d, ref_d.square().sum().reshape(1)]))
-    return parts[:-1] / (norms_N * parts[-1].sqrt()).clamp(min=_TINY)
+        dots_N = (x_Nd @ ref_d).cpu().numpy()
+        ref_norm = float(torch.linalg.vector_norm(ref_d))
+    else:
+        parts = reduce_partial(torch.cat([x_Nd @ ref_d, ref_d.square().sum().reshape(1)])).cpu().numpy()
+        dots_N, ref_norm = parts[:-1], float(np.sqrt(parts[-1]))
+    return dots_N / np.maximum(norms_N * ref_norm, _TINY)
 
 
 @DETECTION_METHODS.register("distance")
@@ -164,16 +189,34 @@ def distance(
     n = x_Nd.shape[0]
     if n < 3:  # medians of one or two rows cannot tell who deviates
         return MethodResult(torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.float64), {})
-    stats = distance_statistics(x_Nd, reference_d=reference_d, f=f)
+    x64_Nd = x_Nd.to(torch.float64)
+    stats = _statistics(x64_Nd, x_Nd, reference_d, f, None)
     fl = {**_FLOORS, **(floors or {})}
-    population_N = torch.ones(n, dtype=torch.bool)
+    population_N = np.ones(n, dtype=bool)
     for p in range(max(passes, 1)):
         if p > 0 and reference_d is None and "cosine" in scores:  # re-centre on the kept rows
-            stats["cosine"] = _cosine(x_Nd.to(torch.float64), stats["norm"].exp(), None, population_N, x_Nd)
-        z = {s: robust_z(stats[s], floor=fl[s], side=_SIDES[s], population_N=population_N) for s in scores}
-        ratio_N = torch.stack([z[s] / thr[s] for s in scores]).amax(dim=0).nan_to_num(nan=float("inf"))
+            stats["cosine"] = _cosine(x64_Nd, np.exp(stats["norm"]), None, population_N, x_Nd)
+        z = {s: _robust_z(stats[s], floor=fl[s], side=_SIDES[s], population_N=population_N) for s in scores}
+        ratio_N = np.stack([z[s] / thr[s] for s in scores]).max(axis=0)
+        ratio_N = np.where(np.isnan(ratio_N), np.inf, ratio_N)
         keep_N = ratio_N <= 1.0
         if bool((keep_N == population_N).all()) or 2 * int(keep_N.sum()) <= n:
             break
         population_N = keep_N
-    return MethodResult(ratio_N > 1.0, ratio_N, {}, {f"z_{s}": zs for s, zs in z.items()})
+    per_node = {f"z_{s}": torch.from_numpy(zs) for s, zs in z.items()}
+    return MethodResult(torch.from_numpy(ratio_N > 1.0), torch.from_numpy(ratio_N), {}, per_node)
+
+
+def _robust_z(values_N: np.ndarray, *, floor: float, side: str, population_N: np.ndarray) -> np.ndarray:
+    """:func:`~trustworthy_dl.security.base.robust_z` on numpy arrays (its torch path for a
+    population with non-finite values)."""
+    pop = values_N[population_N]
+    if pop.size and np.isfinite(pop).all():
+        z = robust_z_numpy(values_N, pop, floor)
+        if side == "high":
+            return np.maximum(z, 0.0)
+        if side == "low":
+            return np.maximum(-z, 0.0)
+        return np.abs(z)
+    pop_t = torch.from_numpy(population_N)
+    return robust_z(torch.from_numpy(values_N), floor=floor, side=side, population_N=pop_t).numpy()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["two_means_batched"]
+__all__ = ["two_means_batched", "two_means_numpy"]
 
 
 def _kmeanspp_pairs(points_BNF: Tensor, starts: int, generator: torch.Generator) -> Tensor:
@@ -26,6 +26,40 @@ def _kmeanspp_pairs(points_BNF: Tensor, starts: int, generator: torch.Generator)
     second_BS = torch.multinomial(w_BSN.reshape(b * starts, n), 1, generator=generator).reshape(b, starts)
     c1_BSF = torch.gather(points_BNF, 1, second_BS[..., None].expand(-1, -1, points_BNF.shape[2]))
     return torch.stack([c0_BSF, c1_BSF], dim=2)
+
+
+def _kmeanspp_pairs_numpy(pts_NF: np.ndarray, starts: int, generator: torch.Generator) -> np.ndarray:
+    """:func:`_kmeanspp_pairs` for one point set in numpy, (S, 2, F): the same draws from ``generator``."""
+    n = pts_NF.shape[0]
+    first_S = torch.randint(n, (1, starts), generator=generator).numpy()[0]
+    c0_SF = pts_NF[first_S]
+    w_SN = np.square(pts_NF[None] - c0_SF[:, None]).sum(-1) + 1e-300
+    second_S = torch.multinomial(torch.from_numpy(w_SN), 1, generator=generator).numpy()[:, 0]
+    return np.stack([c0_SF, pts_NF[second_S]], axis=1)
+
+
+def two_means_numpy(
+    pts_NF: np.ndarray, *, starts: int, seed: int, iters: int = 30
+) -> tuple[np.ndarray, float]:
+    """Best-of-``starts`` k-means++ 2-means of one small float64 point set, plus a farthest-point
+    start (from the median, then from that point), in numpy: labels (int64, N; point 0 in group 0)
+    and the within-cluster sum of squares. Coincident points: every label 0.
+
+    The starts are drawn from a torch generator seeded with ``seed``, as the torch path draws them.
+    """
+    n = pts_NF.shape[0]
+    if bool((pts_NF == pts_NF[:1]).all()):
+        return np.zeros(n, dtype=np.int64), 0.0
+    med_F = np.sort(pts_NF, axis=0)[(n - 1) // 2]  # torch.median's lower middle value
+    c0_F = pts_NF[np.square(pts_NF - med_F).sum(1).argmax()]
+    c1_F = pts_NF[np.square(pts_NF - c0_F).sum(1).argmax()]
+    g = torch.Generator().manual_seed(seed)
+    centres_S2F = np.concatenate([_kmeanspp_pairs_numpy(pts_NF, starts, g), np.stack([c0_F, c1_F])[None]])
+    labels_1N, w_1 = _lloyd_numpy(pts_NF[None], centres_S2F[None], iters)
+    labels_N = labels_1N[0]
+    if labels_N[0] == 1:  # canonical labelling: point 0 is in group 0
+        labels_N = 1 - labels_N
+    return labels_N, float(w_1[0])
 
 
 #: Up to this many (set, start, point) triples the Lloyd iterations run in numpy: each of its ops on

@@ -41,8 +41,12 @@ Memory (``history``, kept by the detector, :mod:`~trustworthy_dl.security.rank_h
 round the nodes' rank features, in robust units, are folded into per-node running means, and
 the split is made on the round's features and these means together (two more dimensions; the
 null simulated in as many). A node whose rank profile strays every round (a non-colluding sign flip of a
-noisy gradient) then stands apart from honest nodes that strayed by the luck of one batch.
-Identical copies are found on the round alone, and the rest is then split on the round alone.
+noisy gradient) then stands apart from honest nodes that strayed by the luck of one batch. The
+means alone are split and tested too (``history_alone``, at alpha / 2, the joint split at alpha):
+an honest node's very bad round can stretch the joint split's within-group spread enough to hide
+a group that the means alone still separate (N = 16, sign flip x3: 3 of 75 node-rounds missed
+without it). Identical copies are found on the round alone, and the rest is then split on the
+round alone.
 
 Legend: N nodes, d sampled coordinates.
 """
@@ -59,9 +63,10 @@ import torch
 from torch import Tensor
 
 from trustworthy_dl.aggregation.sharding import reduce_partial
+from trustworthy_dl.security import kmeans2
 from trustworthy_dl.security.base import DETECTION_METHODS, MAD_SCALE, MethodResult
 from trustworthy_dl.security.distance import krum_log_scores
-from trustworthy_dl.security.kmeans2 import two_means_batched
+from trustworthy_dl.security.kmeans2 import two_means_batched, two_means_numpy
 from trustworthy_dl.security.ranks import rank_features
 
 __all__ = [
@@ -79,9 +84,14 @@ def two_means(points_NF: Tensor, *, starts: int = 4, seed: int = 0) -> tuple[Ten
     """Best-of-``starts`` k-means++ 2-means (plus a farthest-point start) of a few points.
 
     Returns labels in {0, 1} (int64, N) and the within-cluster sum of squares; deterministic for a
-    given ``seed``. When all points coincide every label is 0.
+    given ``seed``. When all points coincide every label is 0. A round's few points on the CPU are
+    split in numpy (:func:`~trustworthy_dl.security.kmeans2.two_means_numpy`: the same starts and
+    steps, a few microseconds an op instead of torch's ten).
     """
     pts = points_NF.to(torch.float64)
+    if pts.device.type == "cpu" and pts.shape[0] * (starts + 1) <= kmeans2._NUMPY_MAX_POINTS:
+        labels_np, w = two_means_numpy(pts.numpy(), starts=starts, seed=seed)
+        return torch.from_numpy(labels_np), w
     if all_rows_equal(pts):
         return torch.zeros(pts.shape[0], dtype=torch.int64), 0.0
     med_F = pts.median(dim=0).values
@@ -117,6 +127,19 @@ def separation(points_BNF: Tensor, labels_BN: Tensor) -> tuple[Tensor, Tensor]:
     return gap_B / sw_B.clamp(min=1e-300), p_BN / gap_B[:, None]
 
 
+def _separation_numpy(pts_NF: np.ndarray, labels_N: np.ndarray) -> tuple[float, np.ndarray]:
+    """:func:`separation` of one split in numpy: S and t_N."""
+    one_N = labels_N.astype(np.float64)
+    n1, n0 = one_N.sum(), (1 - one_N).sum()
+    c1_F = (pts_NF * one_N[:, None]).sum(0) / max(n1, 1.0)
+    c0_F = (pts_NF * (1 - one_N)[:, None]).sum(0) / max(n0, 1.0)
+    u_F = c1_F - c0_F
+    gap = max(float(np.sqrt(np.square(u_F).sum())), 1e-300)
+    p_N = ((pts_NF - c0_F) * (u_F / gap)).sum(-1)  # group 0 at 0
+    sw = float(np.sqrt(np.square(p_N - one_N * gap).sum() / max(pts_NF.shape[0] - 2, 1)))
+    return gap / max(sw, 1e-300), p_N / gap
+
+
 @functools.lru_cache(maxsize=64)
 def separation_null(n: int, draws: int, alpha: float, dims: int = 2) -> float:
     """The (1 - alpha) quantile of the best 2-means split's separation S of N Gaussian points
@@ -128,17 +151,25 @@ def separation_null(n: int, draws: int, alpha: float, dims: int = 2) -> float:
     extrapolated from the ``draws`` simulated splits with an exponential tail above their 90%
     quantile (q90 + mean excess x ln(0.1 / alpha)): S is right-skewed (small N sometimes split
     off one or two points), so a normal fit would be too low, and the tail fit needs 10x fewer
-    draws than the empirical quantile. Seeded by N: the same null in every process and round.
+    draws than the empirical quantile. Seeded by N: the same null in every process and round
+    (simulated once per (N, draws, dims): every level's quantile comes from the same draws).
     """
-    g = torch.Generator().manual_seed(1_000_003 * n + draws + 7_919 * (dims - 2))
-    pts_BNF = torch.randn(draws, n, dims, generator=g, dtype=torch.float64)
-    labels_BN, _ = two_means_batched(pts_BNF, starts=3, generator=g)
-    s_B, _ = separation(pts_BNF, labels_BN)
+    s_B = _null_separations(n, draws, dims)
     if alpha >= 0.1:
         return float(torch.quantile(s_B, 1.0 - alpha))
     q90 = float(torch.quantile(s_B, 0.9))
     excess = float((s_B[s_B > q90] - q90).mean())
     return q90 + excess * math.log(0.1 / alpha)
+
+
+@functools.lru_cache(maxsize=32)
+def _null_separations(n: int, draws: int, dims: int) -> Tensor:
+    """The separations S of the best 2-means splits of ``draws`` sets of N isotropic Gaussian
+    points in ``dims`` dimensions (seeded by N, draws and dims)."""
+    g = torch.Generator().manual_seed(1_000_003 * n + draws + 7_919 * (dims - 2))
+    pts_BNF = torch.randn(draws, n, dims, generator=g, dtype=torch.float64)
+    labels_BN, _ = two_means_batched(pts_BNF, starts=3, generator=g)
+    return separation(pts_BNF, labels_BN)[0]
 
 
 def warm_null(
@@ -149,6 +180,7 @@ def warm_null(
     with_norm: bool = False,
     with_krum: bool = False,
     history: bool = False,
+    history_alone: bool = True,
     **_: Any,
 ) -> None:
     """Simulate (and cache) the null quantiles :func:`mandera` will need for N nodes, ahead of
@@ -156,8 +188,13 @@ def warm_null(
     other parameters)."""
     if n >= 3:
         dims = 2 + int(with_norm) + int(with_krum)
-        for d in (dims, dims + 2) if history else (dims,):
-            separation_null(n, null_draws, alpha, d)
+        levels = [(dims, alpha)]
+        if history:
+            levels.append((dims + 2, alpha))
+            if history_alone:
+                levels.append((2, alpha / 2))
+        for d, level in levels:
+            separation_null(n, null_draws, level, d)
             separation_null(n, null_draws, 0.5, d)
 
 
@@ -165,14 +202,20 @@ def duplicated_rows(feats_NF: Tensor, decimals: int = 9) -> Tensor:
     """Bool mask of the rows equal (to ``decimals``) to at least one other row.
 
     Compares every pair of the N rows (N^2 F values: a few thousand for the N of a round, and
-    ~15x faster than ``torch.unique(dim=0)``, which sorts).
+    ~15x faster than ``torch.unique(dim=0)``, which sorts; in numpy on the CPU, same rounding).
     """
+    if feats_NF.device.type == "cpu":
+        r = np.round(feats_NF.detach().numpy(), decimals)
+        return torch.from_numpy((r[:, None] == r[None]).all(-1).sum(1) > 1)
     r_NF = torch.round(feats_NF, decimals=decimals)
     return (r_NF[:, None] == r_NF[None]).all(-1).sum(1) > 1
 
 
 def all_rows_equal(points_NF: Tensor) -> bool:
     """True when every row equals the first (no split possible)."""
+    if points_NF.device.type == "cpu":
+        a = points_NF.detach().numpy()
+        return bool((a == a[:1]).all())
     return bool((points_NF == points_NF[:1]).all())
 
 
@@ -188,6 +231,7 @@ def mandera(
     with_norm: bool = False,
     with_krum: bool = False,
     history_decay: float = 0.8,
+    history_alone: bool = True,
     history: Callable[[Tensor], Tensor | None] | None = None,
 ) -> MethodResult:
     """Flag the smaller 2-means group of rank features when the split is significant.
@@ -214,6 +258,11 @@ def mandera(
         history_decay: the weight of the past in the per-node running means of the rank
             features (module docstring); read by the detector, which keeps the means and passes
             ``history``. 0: every round on its own.
+        history_alone: with a memory, also split the memory's columns alone and test that
+            split at level alpha / 2 (a node whose features stray a little every round, e.g. a
+            sign flip x3 of a noisy gradient at N = 16, is far from the blob there, while an
+            honest node's one bad round, joined with the others' in the joint split, can hide
+            it: README, "Stage-1 detection in MANDERA's setting"). Either split flags.
         history: the detector's update of the running means for these rows (takes the round's
             features in robust units, returns the rows' means, or None before any memory);
             None: this round alone.
@@ -278,33 +327,55 @@ def mandera(
         # robust units are per column: the rank features' were taken for the memory already
         units = units_N2 if units_N2 is not None else _robust_units(feats_N2)
         pts_NF = torch.cat([units, _robust_units(torch.cat(cols, dim=1))], dim=1)
-    labels_N, _ = two_means(pts_NF, starts=starts, seed=seed)
+    pts = pts_NF.detach().cpu().numpy()
+    tests = [("", pts, alpha)]
+    if memory_N2 is not None and history_alone:  # the memory's two columns alone, at alpha / 2
+        tests.append(("history_", pts[:, -2:], alpha / 2))
+    flags_np, scores_np = np.zeros(n, dtype=bool), np.zeros(n)
+    info["minority"] = 0
+    for prefix, points, level in tests:
+        split = _split_test(points, alpha=level, null_draws=null_draws, starts=starts, seed=seed)
+        if split is None:
+            continue
+        beyond_N, score, split_info = split
+        scores_np = np.where(beyond_N, np.maximum(scores_np, score), scores_np)
+        flags_np |= beyond_N & (score > 1.0)
+        info.update({prefix + k: v for k, v in split_info.items()})
+    return MethodResult(torch.from_numpy(flags_np), torch.from_numpy(scores_np), info, per_node)
+
+
+def _split_test(
+    pts_NF: np.ndarray, *, alpha: float, null_draws: int, starts: int, seed: int
+) -> tuple[np.ndarray, float, dict[str, Any]] | None:
+    """The best 2-means split of the points and its test: (the nodes beyond the groups' boundary
+    on the smaller group's side, the split's score, its diagnostics), None without a smaller group.
+
+    The score is the separation S rescaled to 0 at the null's median and 1 at its (1 - alpha)
+    quantile (> 1: significant).
+    """
+    n = pts_NF.shape[0]
+    labels_N, _ = two_means_numpy(pts_NF, starts=starts, seed=seed)
     ones = int(labels_N.sum())
     if 2 * ones == n or ones in (0, n):
-        return MethodResult(flags_N, scores_N, {"minority": 0}, per_node)
+        return None
     if 2 * ones > n:  # label 1 = the smaller group
         labels_N = 1 - labels_N
     dims = int(pts_NF.shape[1])
     bound = separation_null(n, null_draws, alpha, dims)
     typical = separation_null(n, null_draws, 0.5, dims)  # the null's median
-    s_1, t_1N = separation(pts_NF[None], labels_N[None])
-    sep = float(s_1[0])
-    # 0 at the null's median separation, 1 at its (1 - alpha) quantile: > 1 is significant
+    sep, t_N = _separation_numpy(pts_NF, labels_N)
     score = max(sep - typical, 0.0) / max(bound - typical, 1e-12)
     # Bayes boundary between the groups along the separating line (t: 0 = majority mean,
     # 1 = minority mean; equal variances, group sizes as priors)
     m = min(ones, n - ones)
     boundary = 0.5 + math.log((n - m) / m) / max(sep, 1e-12) ** 2
-    beyond_N = t_1N[0] > boundary
-    scores_N = torch.where(beyond_N, torch.tensor(score, dtype=torch.float64), scores_N)
-    flags_N = beyond_N & (score > 1.0)
-    info.update(
-        minority=m,
-        separation=round(sep, 4),
-        bound=round(bound, 4),
-        null_median=round(typical, 4),
-    )
-    return MethodResult(flags_N, scores_N, info, per_node)
+    split_info = {
+        "minority": m,
+        "separation": round(sep, 4),
+        "bound": round(bound, 4),
+        "null_median": round(typical, 4),
+    }
+    return t_N > boundary, score, split_info
 
 
 def _robust_units(raw_NF: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ import functools
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -103,6 +104,11 @@ def rank_moments(x_Nd: Tensor, *, correction: int = 0) -> tuple[Tensor, Tensor]:
     """
     n = x_Nd.shape[0]
     s1_N, s2_N = signed_rank_sums(x_Nd)
+    if shard_columns() is None and s1_N.device.type == "cpu":  # numpy: the same formulas, bit for bit
+        d = max(float(x_Nd.shape[1]), 1.0)
+        m, s2 = s1_N.numpy() / d, s2_N.numpy() / d
+        var = np.maximum(s2 - np.square(m), 0.0) * d / max(d - correction, 1.0) / 4
+        return torch.from_numpy((m + (n + 1)) / 2), torch.from_numpy(np.sqrt(var))
     d_N = torch.full((n,), float(x_Nd.shape[1]), dtype=torch.float64)
     if shard_columns() is not None:
         s1_N, s2_N, d_N = reduce_partial(torch.stack([s1_N, s2_N, d_N]))
@@ -128,4 +134,7 @@ def rank_features(x_Nd: Tensor) -> Tensor:
     mean_N, std_N = rank_moments(x_Nd)
     centre = (n + 1) / 2
     spread = math.sqrt(max(n * n - 1, 1) / 12)
+    if mean_N.device.type == "cpu":
+        m, s = mean_N.numpy(), std_N.numpy()
+        return torch.from_numpy(np.stack([(m - centre) / spread, s / spread - 1.0], axis=1))
     return torch.stack([(mean_N - centre) / spread, std_N / spread - 1.0], dim=1)

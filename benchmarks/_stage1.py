@@ -40,13 +40,15 @@ ATTACKS: dict[str, tuple[str, dict, bool]] = {
 }
 
 # what each reported "method" runs: the default stage 1 and each method alone (the rank test with
-# its per-node memory, ``history_decay`` 0.8), the same on each round alone (``*_1round``:
+# its per-node memory, ``history_decay`` 0.8; ``mandera_joint``: without the memory's own split,
+# ``history_alone`` false), the same on each round alone (``*_1round``:
 # ``history_decay`` 0), and the rank test with the norm (``with_norm``) or the Krum score
 # (``with_krum``) as a third feature, alone and with distance
 METHODS: dict[str, tuple[str, ...]] = {
     "default": ("mandera", "distance"),
     "mandera": ("mandera",),
     "distance": ("distance",),
+    "mandera_joint": ("mandera",),
     "default_1round": ("mandera", "distance"),
     "mandera_1round": ("mandera",),
     "mandera_paper": ("mandera_paper",),
@@ -56,6 +58,7 @@ METHODS: dict[str, tuple[str, ...]] = {
     "default_krum": ("mandera", "distance"),
 }
 METHOD_PARAMS: dict[str, dict] = {
+    "mandera_joint": {"mandera": {"history_alone": False}},
     "default_1round": {"mandera": {"history_decay": 0.0}},
     "mandera_1round": {"mandera": {"history_decay": 0.0}},
     "mandera_norm": {"mandera": {"with_norm": True}},

@@ -9,9 +9,14 @@ Legend: B point sets, S starts, N points, F features.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
+
+from trustworthy_dl.security._native_kmeans import MAX_FEATURES, lloyd_kernel
 
 __all__ = ["two_means_batched", "two_means_numpy"]
 
@@ -55,11 +60,20 @@ def two_means_numpy(
     c1_F = pts_NF[np.square(pts_NF - c0_F).sum(1).argmax()]
     g = torch.Generator().manual_seed(seed)
     centres_S2F = np.concatenate([_kmeanspp_pairs_numpy(pts_NF, starts, g), np.stack([c0_F, c1_F])[None]])
-    labels_1N, w_1 = _lloyd_numpy(pts_NF[None], centres_S2F[None], iters)
-    labels_N = labels_1N[0]
+    kernel = _lloyd_kernel() if pts_NF.shape[1] <= MAX_FEATURES else None
+    if kernel is not None:  # one call instead of a dozen numpy ops a step (module _native_kmeans)
+        labels_N, w = kernel(pts_NF, centres_S2F, iters)
+    else:
+        labels_1N, w_1 = _lloyd_numpy(pts_NF[None], centres_S2F[None], iters)
+        labels_N, w = labels_1N[0], float(w_1[0])
     if labels_N[0] == 1:  # canonical labelling: point 0 is in group 0
         labels_N = 1 - labels_N
-    return labels_N, float(w_1[0])
+    return labels_N, w
+
+
+@functools.cache
+def _lloyd_kernel() -> Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, float]] | None:
+    return lloyd_kernel()
 
 
 #: Up to this many (set, start, point) triples the Lloyd iterations run in numpy: each of its ops on

@@ -65,3 +65,35 @@ def test_detector_diagnostics_only_add_logs():
     assert "scores" not in quiet.info and set(loud.info["scores"]) == {"mandera", "distance"}
     assert len(loud.info["methods"]["mandera"]["features"]) == 16
     assert len(loud.info["methods"]["distance"]["z_cosine"]) == 16
+
+
+def test_native_two_means_steps_match_the_numpy_steps(monkeypatch):
+    """The native Lloyd kernel and the numpy steps split alike (up to which group is called 1)
+    with the same within-group sum of squares, ties included; without a compiler, numpy runs."""
+    import numpy as np
+    import pytest
+
+    from trustworthy_dl.security import kmeans2
+
+    kernel = kmeans2._lloyd_kernel()
+    if kernel is None:
+        pytest.skip("no C compiler: the numpy steps are the only path")
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        n, f = int(rng.integers(3, 120)), int(rng.integers(1, 6))
+        p = rng.standard_normal((n, f))
+        p[: n // 4] += 3 * rng.random(f)
+        if i % 3 == 0:
+            p = np.round(p, 1)  # ties
+        c = p[rng.integers(0, n, (5, 2))]
+        got, w = kernel(p, c, 30)
+        want, w_np = kmeans2._lloyd_numpy(p[None], c[None], 30)
+        assert np.array_equal(got if got[0] == 0 else 1 - got, want[0] if want[0][0] == 0 else 1 - want[0])
+        assert w == pytest.approx(float(w_np[0]), rel=1e-12, abs=1e-12)
+    pts = rng.standard_normal((20, 2))
+    fast = kmeans2.two_means_numpy(pts, starts=4, seed=1)
+    monkeypatch.setattr(kmeans2, "_lloyd_kernel", lambda: None)
+    slow = kmeans2.two_means_numpy(pts, starts=4, seed=1)
+    assert np.array_equal(fast[0], slow[0]) and fast[1] == pytest.approx(slow[1], rel=1e-12)
+    with pytest.raises(ValueError, match="features"):
+        kernel(rng.standard_normal((5, 40)), rng.standard_normal((2, 2, 40)), 30)

@@ -2,7 +2,8 @@
 
 The kernels themselves: ``_native_sort.py`` (sorting networks: median, trimmed mean, Bulyan),
 ``_native_gram.py`` (the centred Gram matrix), ``_native_mix.py`` (mixing rows) and
-``security/_native_ranks.py`` (stage 1's rank sums). Each C source
+``security/_native_ranks.py`` (stage 1's rank sums) and ``security/_native_kmeans.py`` (stage 1's
+small 2-means). Each C source
 is compiled with ``$CC`` (default ``cc``) ``-O3 -march=$TDL_NATIVE_MARCH`` (default ``native``; the
 sources are portable C with vector extensions, x86 intrinsics and asm only behind ``__AVX512F__``;
 tests build them for baseline x86-64 and x86-64-v3, and for aarch64 run under qemu-user) into a

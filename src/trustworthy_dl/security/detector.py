@@ -138,9 +138,13 @@ class Stage1Detector:
         cols = shard_columns()
         if cols is not None:  # sharded round: a row is finite if every process's slice of it is
             finite_N = reduce_partial((~finite_N).to(torch.float64)) == 0
+        # the per-node bookkeeping in numpy (a few dozen values: ~1 us an op against torch's ~5)
+        finite_np = finite_N.numpy().astype(bool)
+        use_np = finite_np
         if present_N is not None:
-            finite_N |= ~present_N.bool().cpu()  # a missing row is not "non-finite"
-        use_N = finite_N if present_N is None else finite_N & present_N.bool().cpu()
+            present_np = present_N.detach().cpu().numpy().astype(bool)
+            finite_np |= ~present_np  # a missing row is not "non-finite"
+            use_np = finite_np & present_np
         if cols is None:
             idx_d = sample_coords(dim, self.num_coords, generator)
             num_coords = dim if idx_d is None else int(idx_d.numel())
@@ -150,16 +154,14 @@ class Stage1Detector:
             idx_d = None if g_d is None else g_d[(g_d >= lo) & (g_d < hi)] - lo
             num_coords = full if g_d is None else int(g_d.numel())
         x_Nd = updates_ND if idx_d is None else updates_ND.index_select(1, idx_d.to(updates_ND.device))
-        every = bool(use_N.all())  # the usual round: no copy of the rows
-        x_Md = (x_Nd if every else x_Nd[use_N.to(x_Nd.device)]).float().cpu()
+        every = bool(use_np.all())  # the usual round: no copy of the rows
+        x_Md = (x_Nd if every else x_Nd[torch.from_numpy(use_np).to(x_Nd.device)]).float().cpu()
         ref_d = None
         if reference_D is not None:
             ref_d = (
                 reference_D if idx_d is None else reference_D.index_select(0, idx_d.to(reference_D.device))
             )
             ref_d = ref_d.float().cpu()
-        # the per-node bookkeeping in numpy (a few dozen values: ~1 us an op against torch's ~5)
-        use_np = use_N.numpy()
         rows = range(n) if every else np.flatnonzero(use_np).tolist()
         votes_N = np.zeros(n, dtype=np.int64)
         scores_KN = np.zeros((len(self.methods), n))
@@ -185,7 +187,6 @@ class Stage1Detector:
             method_info[name] = res.info
             if self.diagnostics:
                 method_info[name] = {**res.info, **{key: _json(v) for key, v in res.per_node.items()}}
-        finite_np = finite_N.numpy()
         combined_N = (votes_N >= self._needed) | ~finite_np
         # The score that decides the rule: the needed-th largest method score.
         best_N = -np.sort(-scores_KN, axis=0)[self._needed - 1]

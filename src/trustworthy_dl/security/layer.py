@@ -82,7 +82,8 @@ class SecurityLayer:
             scores = stage1.scores_N if stage1 is not None else None
             nodes = self.verifier.select(flags, active_N, round, scores_N=scores, generator=gen)
             if present_N is not None:
-                nodes = [i for i in nodes if bool(present_N[i])]
+                present = present_N.detach().cpu().numpy()
+                nodes = [i for i in nodes if present[i]]
             verification = self.verifier.verify(updates_ND, nodes, recompute)
             self.recomputations += verification.recomputations
             self.verify_seconds += verification.seconds
@@ -91,9 +92,10 @@ class SecurityLayer:
             rec["verify_s"] = round_(verification.seconds)
         verdict = make_verdict(n, stage1=stage1, verification=verification, tampered=tampered)
         if verification is not None:  # a quarantined node resting from probation was not seen
-            seen_N = active_N.bool().cpu() | verdict.flags_N | verdict.confirmed_N
+            seen_N = active_N.detach().cpu().numpy().astype(bool)
+            seen_N |= verdict.flags_N.numpy() | verdict.confirmed_N.numpy()
             seen_N[verification.checked] = True
-            verdict = dataclasses.replace(verdict, observed_N=seen_N)
+            verdict = dataclasses.replace(verdict, observed_N=torch.from_numpy(seen_N))
         self.rounds += 1
         rec.update({k: v for k, v in verdict.info.items() if v})
         return verdict, rec

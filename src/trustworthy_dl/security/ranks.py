@@ -81,6 +81,8 @@ def signed_rank_sums(x_Nd: Tensor) -> tuple[Tensor, Tensor]:
         x = x_Nd if x_Nd.stride(1) == 1 else x_Nd.contiguous()
         block = max(256, (1 << 22) // max(n * n, 1) // 256 * 256)  # ~4M comparisons per chunk
         parts = map_column_chunks(lambda s, e: kern(x, s, e), d, block, x.device)
+        if len(parts) == 1:  # one chunk (a round's few nodes): no sums to add
+            return parts[0][0].to(torch.float64), parts[0][1].to(torch.float64)
         s1 = torch.stack([p[0] for p in parts]).sum(0)
         s2 = torch.stack([p[1] for p in parts]).sum(0)
         return s1.to(torch.float64), s2.to(torch.float64)

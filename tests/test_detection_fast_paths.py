@@ -97,3 +97,21 @@ def test_native_two_means_steps_match_the_numpy_steps(monkeypatch):
     assert np.array_equal(fast[0], slow[0]) and fast[1] == pytest.approx(slow[1], rel=1e-12)
     with pytest.raises(ValueError, match="features"):
         kernel(rng.standard_normal((5, 40)), rng.standard_normal((2, 2, 40)), 30)
+
+
+def test_cached_kmeanspp_draws_pick_the_torch_starts():
+    """A round's k-means++ starts come from draws cached per (seed, N, starts): the same centres as
+    torch's randint + multinomial on a generator seeded alike (also a guard should torch change
+    how multinomial samples)."""
+    import numpy as np
+
+    from trustworthy_dl.security import kmeans2
+
+    rng = np.random.default_rng(1)
+    for i in range(300):
+        n, f, seed = int(rng.integers(3, 120)), int(rng.integers(1, 6)), int(rng.integers(0, 5))
+        p = rng.standard_normal((n, f)) * 10.0 ** float(rng.integers(-3, 3))
+        if i % 4 == 0:
+            p[: n // 2] = p[0]  # coincident points: zero weights but one
+        want = kmeans2._kmeanspp_pairs(torch.from_numpy(p)[None], 4, torch.Generator().manual_seed(seed))[0]
+        assert np.array_equal(kmeans2._kmeanspp_pairs_numpy(p, 4, seed), want.numpy())

@@ -33,14 +33,30 @@ def _kmeanspp_pairs(points_BNF: Tensor, starts: int, generator: torch.Generator)
     return torch.stack([c0_BSF, c1_BSF], dim=2)
 
 
-def _kmeanspp_pairs_numpy(pts_NF: np.ndarray, starts: int, generator: torch.Generator) -> np.ndarray:
-    """:func:`_kmeanspp_pairs` for one point set in numpy, (S, 2, F): the same draws from ``generator``."""
-    n = pts_NF.shape[0]
-    first_S = torch.randint(n, (1, starts), generator=generator).numpy()[0]
+def _kmeanspp_pairs_numpy(pts_NF: np.ndarray, starts: int, seed: int) -> np.ndarray:
+    """:func:`_kmeanspp_pairs` for one point set in numpy, (S, 2, F): the draws of a torch generator
+    seeded with ``seed`` (:func:`_kmeanspp_draws`), so the same centres."""
+    first_S, q_SN = _kmeanspp_draws(seed, pts_NF.shape[0], starts)
     c0_SF = pts_NF[first_S]
     w_SN = np.square(pts_NF[None] - c0_SF[:, None]).sum(-1) + 1e-300
-    second_S = torch.multinomial(torch.from_numpy(w_SN), 1, generator=generator).numpy()[:, 0]
+    second_S = np.argmax(w_SN / q_SN, axis=1)  # torch.multinomial(w_SN, 1) on those draws
     return np.stack([c0_SF, pts_NF[second_S]], axis=1)
+
+
+@functools.lru_cache(maxsize=256)
+def _kmeanspp_draws(seed: int, n: int, starts: int) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`_kmeanspp_pairs` draws from a generator seeded with ``seed`` for S starts of N
+    points: the first centres (S,) and the exponential variates q (S, N) with which
+    ``torch.multinomial(w, 1)`` picks ``argmax(w / q)`` (its sampling without replacement; a test
+    checks the two agree). They depend on (seed, N, S) only: a round's split reuses them instead of
+    four torch calls, which cost tens of microseconds each with the caches cold after the nodes'
+    gradients."""
+    g = torch.Generator().manual_seed(seed)
+    first_S = torch.randint(n, (1, starts), generator=g).numpy()[0]
+    q_SN = torch.empty(starts, n, dtype=torch.float64).exponential_(1, generator=g).numpy()
+    first_S.setflags(write=False)
+    q_SN.setflags(write=False)
+    return first_S, q_SN
 
 
 def two_means_numpy(
@@ -50,7 +66,7 @@ def two_means_numpy(
     start (from the median, then from that point), in numpy: labels (int64, N; point 0 in group 0)
     and the within-cluster sum of squares. Coincident points: every label 0.
 
-    The starts are drawn from a torch generator seeded with ``seed``, as the torch path draws them.
+    The starts are those a torch generator seeded with ``seed`` draws, as in the torch path.
     """
     n = pts_NF.shape[0]
     if bool((pts_NF == pts_NF[:1]).all()):
@@ -58,8 +74,7 @@ def two_means_numpy(
     med_F = np.sort(pts_NF, axis=0)[(n - 1) // 2]  # torch.median's lower middle value
     c0_F = pts_NF[np.square(pts_NF - med_F).sum(1).argmax()]
     c1_F = pts_NF[np.square(pts_NF - c0_F).sum(1).argmax()]
-    g = torch.Generator().manual_seed(seed)
-    centres_S2F = np.concatenate([_kmeanspp_pairs_numpy(pts_NF, starts, g), np.stack([c0_F, c1_F])[None]])
+    centres_S2F = np.concatenate([_kmeanspp_pairs_numpy(pts_NF, starts, seed), np.stack([c0_F, c1_F])[None]])
     kernel = _lloyd_kernel() if pts_NF.shape[1] <= MAX_FEATURES else None
     if kernel is not None:  # one call instead of a dozen numpy ops a step (module _native_kmeans)
         labels_N, w = kernel(pts_NF, centres_S2F, iters)

@@ -9,7 +9,9 @@ assign each point to the nearer centre (``x . (c1 - c0) > (|c1|^2 - |c0|^2) / 2`
 centres to their groups' means (an emptied group keeps its centre), stop when no label changes or
 after ``iters`` steps; keep the start of least within-group sum of squares (the first on a tie).
 The same arithmetic as :func:`~trustworthy_dl.security.kmeans2._lloyd_numpy` in a fixed order:
-the same labels up to splits whose points tie exactly (tested). Built like the aggregators' kernels
+the same split, except when two starts end in different splits of exactly equal inertia (tied
+points, e.g. rounded ones), where the sums' order may keep the other one (as between the numpy and
+the torch steps; a review found one such set in 3,000 random rounded ones; tested). Built like the aggregators' kernels
 (``aggregation/_native.py``).
 
 Legend: N points, F features, S starts.

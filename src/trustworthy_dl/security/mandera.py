@@ -90,7 +90,7 @@ def two_means(points_NF: Tensor, *, starts: int = 4, seed: int = 0) -> tuple[Ten
     """
     pts = points_NF.to(torch.float64)
     if pts.device.type == "cpu" and pts.shape[0] * (starts + 1) <= kmeans2._NUMPY_MAX_POINTS:
-        labels_np, w = two_means_numpy(pts.numpy(), starts=starts, seed=seed)
+        labels_np, w = two_means_numpy(pts.detach().numpy(), starts=starts, seed=seed)
         return torch.from_numpy(labels_np), w
     if all_rows_equal(pts):
         return torch.zeros(pts.shape[0], dtype=torch.int64), 0.0
@@ -198,13 +198,17 @@ def warm_null(
             separation_null(n, null_draws, 0.5, d)
 
 
+#: dtypes the small helpers take to numpy (others, e.g. bfloat16, stay in torch)
+_NUMPY_FLOATS = (torch.float32, torch.float64)
+
+
 def duplicated_rows(feats_NF: Tensor, decimals: int = 9) -> Tensor:
     """Bool mask of the rows equal (to ``decimals``) to at least one other row.
 
     Compares every pair of the N rows (N^2 F values: a few thousand for the N of a round, and
     ~15x faster than ``torch.unique(dim=0)``, which sorts; in numpy on the CPU, same rounding).
     """
-    if feats_NF.device.type == "cpu":
+    if feats_NF.device.type == "cpu" and feats_NF.dtype in _NUMPY_FLOATS:
         r = np.round(feats_NF.detach().numpy(), decimals)
         return torch.from_numpy((r[:, None] == r[None]).all(-1).sum(1) > 1)
     r_NF = torch.round(feats_NF, decimals=decimals)
@@ -213,7 +217,7 @@ def duplicated_rows(feats_NF: Tensor, decimals: int = 9) -> Tensor:
 
 def all_rows_equal(points_NF: Tensor) -> bool:
     """True when every row equals the first (no split possible)."""
-    if points_NF.device.type == "cpu":
+    if points_NF.device.type == "cpu" and points_NF.dtype in _NUMPY_FLOATS:
         a = points_NF.detach().numpy()
         return bool((a == a[:1]).all())
     return bool((points_NF == points_NF[:1]).all())

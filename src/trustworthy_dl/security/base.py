@@ -27,7 +27,7 @@ __all__ = [
     "finite_rows",
     "json_list",
     "robust_z",
-    "robust_z_numpy",
+    "robust_z_array",
     "sample_coords",
 ]
 
@@ -98,43 +98,60 @@ def robust_z(
         population_N: bool mask of the nodes the median and MAD are taken over (default: all);
             every node is scored against them. Repeated values are counted once.
     """
-    if side not in ("high", "low", "both"):
-        raise ValueError(f"side must be 'high', 'low' or 'both', got {side!r}")
+    if values_N.device.type == "cpu" and values_N.dtype == torch.float64:
+        pop_np = None if population_N is None else population_N.cpu().numpy()
+        return torch.from_numpy(robust_z_array(values_N.numpy(), floor=floor, side=side, population_N=pop_np))
+    _check_side(side)
     pop = values_N if population_N is None else values_N[population_N]
-    fast = values_N.device.type == "cpu" and values_N.dtype == torch.float64 and pop.numel() > 0
-    if fast and bool(torch.isfinite(pop).all()):
-        z = _robust_z_numpy(values_N, pop, floor)
-    else:
-        # Identical values (colluding identical rows) count once: a block of copies would
-        # otherwise collapse the MAD and make every honest node look extreme.
-        pop = torch.unique(pop)
-        med = pop.median()
-        scale = torch.clamp(MAD_SCALE * (pop - med).abs().median(), min=floor)
-        z = (values_N - med) / scale
-    if side == "high":
-        return z.clamp(min=0)
-    if side == "low":
-        return (-z).clamp(min=0)
-    return z.abs()
+    return _sided_torch(_robust_z_torch(values_N, pop, floor), side)
 
 
-def _robust_z_numpy(values_N: Tensor, pop: Tensor, floor: float) -> Tensor:
-    """:func:`robust_z`'s centring and scaling in numpy (:func:`robust_z_numpy`)."""
-    return torch.from_numpy(robust_z_numpy(values_N.numpy(), pop.numpy(), floor))
-
-
-def robust_z_numpy(values_N: np.ndarray, pop: np.ndarray, floor: float) -> np.ndarray:
-    """``(v - median) / max(1.4826 MAD, floor)`` of finite float64 values, the median and MAD over
-    ``pop``'s distinct values: :func:`robust_z`'s centring and scaling in numpy, bit for bit (a
-    round takes a dozen of them on a few dozen values, where each numpy op costs ~1 us and each
-    torch op ~5 us). ``torch.median`` is the lower middle value (not the mean of the two), so is
-    this."""
+def robust_z_array(
+    values_N: np.ndarray, *, floor: float, side: str = "both", population_N: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`robust_z` of float64 numpy arrays: in numpy for a finite population, bit for bit the
+    torch formula (a round takes a dozen of them on a few dozen values, where each numpy op costs
+    ~1 us and each torch op ~5 us); with torch's semantics for a non-finite one."""
+    _check_side(side)
+    pop = values_N if population_N is None else values_N[population_N]
+    if not (pop.size and np.isfinite(pop).all()):
+        return _sided_torch(
+            _robust_z_torch(torch.from_numpy(values_N), torch.from_numpy(pop), floor), side
+        ).numpy()
+    # torch.median is the lower middle value (not the mean of the two), so is this
     u = np.unique(pop)  # sorted, each value once
     med = u[(u.size - 1) // 2]
     dev = np.sort(np.abs(u - med))
     scale = max(MAD_SCALE * dev[(dev.size - 1) // 2], floor)
     with np.errstate(divide="ignore", invalid="ignore"):  # floor 0 and no spread: inf / nan, as torch
-        return (values_N - med) / scale
+        z = (values_N - med) / scale
+    if side == "high":
+        return np.maximum(z, 0.0)
+    if side == "low":
+        return np.maximum(-z, 0.0)
+    return np.abs(z)
+
+
+def _check_side(side: str) -> None:
+    if side not in ("high", "low", "both"):
+        raise ValueError(f"side must be 'high', 'low' or 'both', got {side!r}")
+
+
+def _robust_z_torch(values_N: Tensor, pop: Tensor, floor: float) -> Tensor:
+    # Identical values (colluding identical rows) count once: a block of copies would
+    # otherwise collapse the MAD and make every honest node look extreme.
+    pop = torch.unique(pop)
+    med = pop.median()
+    scale = torch.clamp(MAD_SCALE * (pop - med).abs().median(), min=floor)
+    return (values_N - med) / scale
+
+
+def _sided_torch(z: Tensor, side: str) -> Tensor:
+    if side == "high":
+        return z.clamp(min=0)
+    if side == "low":
+        return (-z).clamp(min=0)
+    return z.abs()
 
 
 def json_list(values: Tensor, ndigits: int = 4) -> list[float | None]:

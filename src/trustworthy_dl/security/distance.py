@@ -42,7 +42,7 @@ from torch import Tensor
 
 from trustworthy_dl.aggregation._sortnet import median_values
 from trustworthy_dl.aggregation.sharding import reduce_partial, shard_columns
-from trustworthy_dl.security.base import DETECTION_METHODS, MethodResult, robust_z, robust_z_numpy
+from trustworthy_dl.security.base import DETECTION_METHODS, MethodResult, robust_z_array
 
 __all__ = ["DEFAULT_THRESHOLDS", "DISTANCE_SCORES", "distance", "distance_statistics", "krum_log_scores"]
 
@@ -196,7 +196,10 @@ def distance(
     for p in range(max(passes, 1)):
         if p > 0 and reference_d is None and "cosine" in scores:  # re-centre on the kept rows
             stats["cosine"] = _cosine(x64_Nd, np.exp(stats["norm"]), None, population_N, x_Nd)
-        z = {s: _robust_z(stats[s], floor=fl[s], side=_SIDES[s], population_N=population_N) for s in scores}
+        z = {
+            s: robust_z_array(stats[s], floor=fl[s], side=_SIDES[s], population_N=population_N)
+            for s in scores
+        }
         ratio_N = np.stack([z[s] / thr[s] for s in scores]).max(axis=0)
         ratio_N = np.where(np.isnan(ratio_N), np.inf, ratio_N)
         keep_N = ratio_N <= 1.0
@@ -205,18 +208,3 @@ def distance(
         population_N = keep_N
     per_node = {f"z_{s}": torch.from_numpy(zs) for s, zs in z.items()}
     return MethodResult(torch.from_numpy(ratio_N > 1.0), torch.from_numpy(ratio_N), {}, per_node)
-
-
-def _robust_z(values_N: np.ndarray, *, floor: float, side: str, population_N: np.ndarray) -> np.ndarray:
-    """:func:`~trustworthy_dl.security.base.robust_z` on numpy arrays (its torch path for a
-    population with non-finite values)."""
-    pop = values_N[population_N]
-    if pop.size and np.isfinite(pop).all():
-        z = robust_z_numpy(values_N, pop, floor)
-        if side == "high":
-            return np.maximum(z, 0.0)
-        if side == "low":
-            return np.maximum(-z, 0.0)
-        return np.abs(z)
-    pop_t = torch.from_numpy(population_N)
-    return robust_z(torch.from_numpy(values_N), floor=floor, side=side, population_N=pop_t).numpy()
